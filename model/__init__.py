@@ -1,0 +1,1 @@
+"""Everything model-shaped, shared by the ComfyUI nodes and the trainer."""

@@ -1,0 +1,20 @@
+import pytest
+
+from emu_video.model.config import ConfigError, ModelConfig, UNetConfig, from_json, to_json
+
+
+def test_model_config_json_round_trip():
+    cfg = ModelConfig(unet=UNetConfig(channel_mult=(1, 2), model_channels=32, norm_groups=8), num_frames=16)
+    back = from_json(ModelConfig, to_json(cfg))
+    assert back == cfg
+    assert isinstance(back.unet.channel_mult, tuple)
+
+
+def test_unknown_keys_are_rejected_with_a_clear_message():
+    with pytest.raises(ConfigError, match="unknown keys"):
+        from_json(UNetConfig, '{"latent_channels": 4, "bogus": 1}')
+
+
+def test_validate_names_the_problem():
+    with pytest.raises(ConfigError, match="norm_groups"):
+        UNetConfig(model_channels=30, norm_groups=32).validate()
