@@ -15,6 +15,10 @@ class ConfigError(ValueError):
     """A config (or a checkpoint's stored config) is malformed; the message says how."""
 
 
+class InputError(ValueError):
+    """Bad user input (tensor shapes, sizes, files, values); the message says what to do."""
+
+
 @dataclass
 class UNetConfig:
     """The spatial U-Net in Stable Diffusion's LDM layout plus the temporal layers (§3.2, §3.3).
