@@ -5,9 +5,12 @@ Frames: masked-frame conditioning (filled in below).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+from .config import InputError
 
 
 @dataclass
@@ -47,3 +50,158 @@ class TextCondition:
                       if m is None else m for it, m in zip(items, ms)]
                 masks.append(torch.cat(ms))
         return TextCondition(ctx, masks)
+
+
+# --------------------------------------------------------------------------- masked-frame conditioning
+#
+# One mechanism serves image-to-video (frame 0 known), interpolation (every k-th frame known) and
+# extension (the first frames known): the known frames' latents go into their frame slots of a
+# zero tensor `cond` [B, C, T, h, w], a binary `mask` [B, 1, T, h, w] marks them, and the U-Net
+# input is cat([noisy, cond, mask], dim=1) with 2C+1 channels (§3.2, Fig. 3).
+#
+# Latent convention: `cond` lives in the SAME scaled latent space as the noisy latents, i.e. the
+# conditioning latent of a frame is exactly that frame of x0 (VAE latent after scale/shift). This
+# differs from IP2P, which concatenates the unscaled posterior mode (diffusion_math pitfall 11);
+# one space for both keeps "copy frame 0 of x0" a valid training input.
+
+AUG_T_TRAIN_MAX = 250   # §3.3 interpolation: τ ~ U{0..250} during training
+AUG_T_INFERENCE = 100   # ... and τ = 100 at inference
+
+
+def known_frames(latents: torch.Tensor, positions: Sequence[int], num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Place K known latents [B, C, K, h, w] at frame `positions` of a T-frame clip.
+
+    Returns (cond [B, C, T, h, w], zeros elsewhere; mask [B, 1, T, h, w], 1 at known slots).
+    """
+    if latents.ndim != 5:
+        raise InputError(f"known frames must be latents [B, C, K, h, w], got shape {tuple(latents.shape)}; "
+                         f"add a frame axis with .unsqueeze(2) for a single image")
+    positions = [int(p) for p in positions]
+    if len(positions) != latents.shape[2]:
+        raise InputError(f"{latents.shape[2]} known frames but {len(positions)} positions; give one position per frame")
+    if len(set(positions)) != len(positions):
+        raise InputError(f"frame positions {positions} repeat a slot; each known frame needs its own slot")
+    bad = [p for p in positions if not 0 <= p < num_frames]
+    if bad:
+        raise InputError(f"frame positions {bad} are outside 0..{num_frames - 1} for a {num_frames}-frame clip")
+    B, C, _, h, w = latents.shape
+    cond = latents.new_zeros(B, C, num_frames, h, w)
+    mask = latents.new_zeros(B, 1, num_frames, h, w)
+    index = torch.tensor(positions, device=latents.device)
+    cond[:, :, index] = latents
+    mask[:, :, index] = 1
+    return cond, mask
+
+
+def first_frame(image_latent: torch.Tensor, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image-to-video (§3.2 step 2): the image is frame 0 of a `num_frames` clip."""
+    if image_latent.ndim != 4:
+        raise InputError(f"image latent must be [B, C, h, w], got shape {tuple(image_latent.shape)}")
+    return known_frames(image_latent.unsqueeze(2), [0], num_frames)
+
+
+def interpolation(latents: torch.Tensor, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Interpolation model (§3.3): K frames zero-interleaved into (K-1)·k+1 slots at 0, k, 2k, …"""
+    if latents.ndim != 5 or latents.shape[2] < 2:
+        raise InputError(f"interpolation needs at least 2 known frames [B, C, K>=2, h, w], "
+                         f"got shape {tuple(latents.shape)}")
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise InputError(f"interpolation factor must be an integer >= 1, got {factor!r}")
+    K = latents.shape[2]
+    return known_frames(latents, [i * factor for i in range(K)], (K - 1) * factor + 1)
+
+
+def extension(past: torch.Tensor, num_frames: int, overlap: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Video extension (§4.3, Fig. 7): the last `overlap` frames of `past` open the new clip.
+
+    overlap defaults to all K frames of `past`; at least one new frame must remain to generate.
+    """
+    if past.ndim != 5:
+        raise InputError(f"past frames must be latents [B, C, K, h, w], got shape {tuple(past.shape)}")
+    overlap = past.shape[2] if overlap is None else overlap
+    if not 1 <= overlap <= past.shape[2]:
+        raise InputError(f"overlap must be in 1..{past.shape[2]} (frames available), got {overlap}")
+    if overlap >= num_frames:
+        raise InputError(f"{overlap} known frames leave nothing to generate in a {num_frames}-frame clip; "
+                         f"use fewer known frames or a longer clip")
+    return known_frames(past[:, :, past.shape[2] - overlap:], list(range(overlap)), num_frames)
+
+
+def noise_augment(cond: torch.Tensor, mask: torch.Tensor, schedule, t_aug,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """cond ← mask·(√ᾱ_τ·cond + √(1−ᾱ_τ)·n): the known frames are diffused to level τ (§3.3).
+
+    Softens the gap between clean training frames and generated ones at inference. t_aug is an
+    int or a LongTensor [B] (see AUG_T_TRAIN_MAX / AUG_T_INFERENCE). n is drawn from `generator`
+    on its own device (CPU for reproducible sampling), or from the default RNG on cond's device.
+    """
+    device = generator.device if generator is not None else cond.device
+    noise = torch.randn(cond.shape, generator=generator, device=device, dtype=torch.float32)
+    noisy = schedule.add_noise(cond, noise.to(device=cond.device, dtype=cond.dtype), t_aug)
+    return noisy * mask.to(noisy.dtype)
+
+
+def sample_aug_timesteps(batch_size: int, max_t: int = AUG_T_TRAIN_MAX,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    """τ ~ U{0..max_t} per sample (training-time noise augmentation level), LongTensor on CPU."""
+    return torch.randint(0, max_t + 1, (batch_size,), generator=generator)
+
+
+def model_input(noisy: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """U-Net input cat([noisy (C), cond (C), mask (1)], dim=1) → 2C+1 channels (Fig. 3)."""
+    if noisy.ndim != 5 or cond.shape != noisy.shape:
+        raise InputError(f"noisy latents {tuple(noisy.shape)} and conditioning {tuple(cond.shape)} must both be "
+                         f"[B, C, T, h, w] of the same shape; build cond with known_frames/first_frame")
+    B, _, T, h, w = noisy.shape
+    if mask.shape != (B, 1, T, h, w):
+        raise InputError(f"mask must be [B, 1, T, h, w] = {(B, 1, T, h, w)}, got {tuple(mask.shape)}")
+    return torch.cat([noisy, cond.to(noisy.dtype), mask.to(noisy.dtype)], dim=1)
+
+
+def drop_image(cond: torch.Tensor, mask: torch.Tensor,
+               which: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ∅-image condition: cond AND mask zeroed (all samples, or those where `which` is True).
+
+    Zeroing the mask too means the model sees "no known frames" — the same input as direct
+    text-to-video — rather than "known frames that happen to be black". Used identically by the
+    training dropout and by the ∅-image guidance branches at sampling.
+    """
+    if which is None:
+        return torch.zeros_like(cond), torch.zeros_like(mask)
+    keep = (~which.to(device=cond.device, dtype=torch.bool)).reshape(-1, *([1] * (cond.ndim - 1)))
+    return cond * keep.to(cond.dtype), mask * keep.to(mask.dtype)
+
+
+def drop_text(text: TextCondition, null_text: TextCondition, which: torch.Tensor) -> TextCondition:
+    """Replace the text of samples where `which` is True by the empty-prompt embedding."""
+    if null_text.batch_size not in (1, text.batch_size):
+        raise InputError(f"null text batch {null_text.batch_size} must be 1 or match the text batch {text.batch_size}")
+    context, masks = [], []
+    for ctx, null_ctx, m, null_m in zip(text.context, null_text.context, text.masks, null_text.masks):
+        pick = which.to(device=ctx.device, dtype=torch.bool)
+        context.append(torch.where(pick[:, None, None], null_ctx.to(ctx).expand_as(ctx), ctx))
+        if m is None and null_m is None:
+            masks.append(None)
+            continue
+        m = torch.ones(ctx.shape[:2], dtype=torch.bool, device=ctx.device) if m is None else m.bool()
+        null_m = torch.ones(null_ctx.shape[:2], dtype=torch.bool, device=ctx.device) if null_m is None else null_m
+        masks.append(torch.where(pick[:, None], null_m.to(device=ctx.device, dtype=torch.bool).expand_as(m), m))
+    return TextCondition(context, masks)
+
+
+def condition_dropout(batch_size: int, p_text: float = 0.05, p_image: float = 0.05, p_both: float = 0.05,
+                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Disjoint per-sample dropout for dual CFG training (IP2P; diffusion_math §2.7).
+
+    r ~ U[0, 1): [0, p_text) drops text only, [p_text, p_text+p_both) drops both,
+    [p_text+p_both, p_text+p_both+p_image) drops the image only. Returns bool (drop_text, drop_image).
+    """
+    probs = {"p_text": p_text, "p_image": p_image, "p_both": p_both}
+    bad = {k: v for k, v in probs.items() if not 0.0 <= v <= 1.0}
+    if bad or p_text + p_image + p_both > 1.0:
+        raise InputError(f"dropout probabilities {probs} must each be in [0, 1] and sum to at most 1")
+    device = generator.device if generator is not None else torch.device("cpu")
+    r = torch.rand(batch_size, generator=generator, device=device, dtype=torch.float64)
+    drop_text_ = r < p_text + p_both
+    drop_image_ = (r >= p_text) & (r < p_text + p_both + p_image)
+    return drop_text_, drop_image_

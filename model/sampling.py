@@ -1,0 +1,178 @@
+"""DDIM sampling with dual (image + text) guidance for the factorized pipeline (§3.2, §3.3).
+
+Step 1 (`sample_image`): the spatial model alone (image mode) makes the first frame with plain
+text CFG. Step 2 (`sample_video`): the video model, conditioned on known frames through the
+masked-frame input, makes the clip with dual guidance. Both run DDIM over trailing timesteps of a
+zero-terminal-SNR schedule (§3.3 uses 250 steps; 50 is a cheaper default).
+
+The denoiser is any callable with the EmuUNet signature
+    denoiser(x_in [B, Cin, T, h, w], timesteps [B], context, context_masks, image_mode) -> [B, C, T, h, w]
+with Cin = 2C+1 in video mode and C in image mode; it predicts v (or ε, per the schedule).
+All guidance branches of a step run as ONE batched forward, branch-major along the batch.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .conditioning import TextCondition, drop_image, model_input
+from .config import InputError
+from .guidance import combine_branches, guidance_branches, rescale_cfg
+from .schedule import NoiseSchedule
+
+
+class SamplingCancelled(Exception):
+    """Raised when the caller's `cancel()` returned True; carries the step it stopped at."""
+
+    def __init__(self, step: int, total: int):
+        super().__init__(f"sampling cancelled at step {step + 1}/{total}")
+        self.step, self.total = step, total
+
+
+class SamplingDiverged(FloatingPointError):
+    """NaN or inf appeared in the latents."""
+
+
+@dataclass
+class SamplerSettings:
+    steps: int = 50
+    spacing: str = "trailing"     # zero-SNR models must start at t = T-1 (Lin et al. §3.3)
+    eta: float = 0.0              # 0 = deterministic DDIM
+    image_cfg: float = 1.5        # s_I (IP2P default); ignored in image mode
+    text_cfg: float = 7.5         # s_T (IP2P default)
+    rescale: float = 0.0          # CFG rescale φ on v (Lin et al. §3.4 suggest 0.7); 0 = off
+
+    def validate(self, schedule: NoiseSchedule) -> None:
+        schedule.timesteps(self.steps, self.spacing)  # raises on a bad step count or spacing name
+        if self.eta < 0:
+            raise InputError(f"eta must be >= 0, got {self.eta}")
+        if not 0.0 <= self.rescale <= 1.0:
+            raise InputError(f"rescale must be in [0, 1] (0 = off), got {self.rescale}")
+
+
+Denoiser = Callable[..., torch.Tensor]
+StepFn = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+
+
+def make_noise(shape, seed: int, device="cpu", dtype=torch.float32) -> torch.Tensor:
+    """N(0, I) from a CPU generator, then moved: the same seed gives the same noise on any device."""
+    generator = torch.Generator("cpu").manual_seed(int(seed))
+    return torch.randn(tuple(shape), generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
+
+
+def _text_for_batch(text: TextCondition, batch: int, what: str) -> TextCondition:
+    if text.batch_size == batch:
+        return text
+    if text.batch_size == 1:
+        return text.repeat(batch)
+    raise InputError(f"{what} has batch {text.batch_size}; it must be 1 or match the noise batch {batch}")
+
+
+def _branch_inputs(branches: tuple[str, ...], text: TextCondition, null_text: TextCondition):
+    """Text per branch: the full branch sees the prompt, the ∅-text branches the empty prompt."""
+    return TextCondition.cat([text if name == "full" else null_text for name in branches])
+
+
+def _denoise(schedule: NoiseSchedule, x: torch.Tensor, settings: SamplerSettings, predict: StepFn,
+             image_scale: float, text_scale: float, generator, callback, cancel) -> torch.Tensor:
+    """The DDIM loop shared by image and video sampling; `predict(x, t)` returns the branches' outputs."""
+    timesteps = schedule.timesteps(settings.steps, settings.spacing)
+    previous = schedule.previous_timesteps(timesteps)
+    total = len(timesteps)
+    for i, (t, t_prev) in enumerate(zip(timesteps.tolist(), previous.tolist())):
+        if cancel is not None and cancel():
+            raise SamplingCancelled(i, total)
+        preds = predict(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))
+        guided = combine_branches(preds, image_scale, text_scale)
+        if settings.rescale > 0:
+            guided = rescale_cfg(guided, preds["full"], settings.rescale)
+        x, x0 = schedule.ddim_step(x, guided, t, t_prev, eta=settings.eta, generator=generator)
+        # One device→host sync per step; cheap next to a U-Net forward and names the failing step.
+        if not bool(torch.isfinite(x).all()):
+            raise SamplingDiverged(
+                f"NaN/inf in the latents at step {i + 1}/{total} (t={t}); run the model in float32 "
+                f"(or bfloat16 instead of float16) and/or lower the guidance scales or the rescale")
+        if callback is not None:
+            callback(i, total, x0)
+    return x
+
+
+def _branches(settings: SamplerSettings, image_scale: float, text_scale: float) -> tuple[str, ...]:
+    branches = guidance_branches(image_scale, text_scale)
+    if settings.rescale > 0 and "full" not in branches:
+        branches = ("full",) + branches  # rescale's reference std is the fully conditioned prediction
+    return branches
+
+
+def _split(out: torch.Tensor, branches: tuple[str, ...], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    if out.shape[0] != x.shape[0] * len(branches) or out.shape[1] != x.shape[1]:
+        raise InputError(f"denoiser returned {tuple(out.shape)}; expected [{x.shape[0] * len(branches)}, "
+                         f"{x.shape[1]}, ...] (one v per sample and branch, latent channels only)")
+    return dict(zip(branches, out.to(x.dtype).chunk(len(branches))))
+
+
+def sample_video(denoiser: Denoiser, schedule: NoiseSchedule, noise: torch.Tensor,
+                 cond: torch.Tensor | None, mask: torch.Tensor | None, text: TextCondition,
+                 null_text: TextCondition, settings: SamplerSettings | None = None,
+                 generator: torch.Generator | None = None,
+                 callback: Callable[[int, int, torch.Tensor], None] | None = None,
+                 cancel: Callable[[], bool] | None = None) -> torch.Tensor:
+    """Generate video latents [B, C, T, h, w] from `noise` with dual guidance.
+
+    cond/mask come from conditioning.known_frames & co. (None → no known frames: direct T2V).
+    The ∅-image branch zeroes cond and mask (conditioning.drop_image), the ∅-text branches use
+    `null_text` (the empty prompt). Noise augmentation of cond (interpolation) is the caller's.
+    """
+    settings = settings or SamplerSettings()
+    settings.validate(schedule)
+    if noise.ndim != 5:
+        raise InputError(f"video noise must be [B, C, T, h, w], got shape {tuple(noise.shape)}")
+    B = noise.shape[0]
+    if cond is None or mask is None:
+        cond, mask = drop_image(noise, noise[:, :1])
+    model_input(noise, cond, mask)  # validates shapes before any forward
+    s_I, s_T = settings.image_cfg, settings.text_cfg
+    branches = _branches(settings, s_I, s_T)
+    text_b = _branch_inputs(branches, _text_for_batch(text, B, "text"), _text_for_batch(null_text, B, "null text"))
+    text_b = text_b.to(device=noise.device)
+    no_cond, no_mask = drop_image(cond, mask)
+    cond_b = torch.cat([no_cond if name == "uncond" else cond for name in branches]).to(noise)
+    mask_b = torch.cat([no_mask if name == "uncond" else mask for name in branches]).to(noise)
+
+    def predict(x: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+        x_in = model_input(x.repeat(len(branches), 1, 1, 1, 1), cond_b, mask_b)
+        out = denoiser(x_in, t.repeat(len(branches)), text_b.context, text_b.masks, image_mode=False)
+        return _split(out, branches, x)
+
+    return _denoise(schedule, noise, settings, predict, s_I, s_T, generator, callback, cancel)
+
+
+def sample_image(denoiser: Denoiser, schedule: NoiseSchedule, noise: torch.Tensor, text: TextCondition,
+                 null_text: TextCondition, settings: SamplerSettings | None = None,
+                 generator: torch.Generator | None = None,
+                 callback: Callable[[int, int, torch.Tensor], None] | None = None,
+                 cancel: Callable[[], bool] | None = None) -> torch.Tensor:
+    """Generate image latents [B, C, h, w] in image mode (no temporal layers), plain text CFG (§3.2 step 1).
+
+    Plain CFG is dual guidance with s_I = s_T (the image branch cancels), so the loop is shared.
+    The callback receives x̂0 as [B, C, 1, h, w].
+    """
+    settings = settings or SamplerSettings()
+    settings.validate(schedule)
+    if noise.ndim != 4:
+        raise InputError(f"image noise must be [B, C, h, w], got shape {tuple(noise.shape)}")
+    B = noise.shape[0]
+    scale = settings.text_cfg
+    branches = _branches(settings, scale, scale)
+    text_b = _branch_inputs(branches, _text_for_batch(text, B, "text"), _text_for_batch(null_text, B, "null text"))
+    text_b = text_b.to(device=noise.device)
+
+    def predict(x: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = denoiser(x.repeat(len(branches), 1, 1, 1, 1), t.repeat(len(branches)),
+                       text_b.context, text_b.masks, image_mode=True)
+        return _split(out, branches, x)
+
+    x = _denoise(schedule, noise.unsqueeze(2), settings, predict, scale, scale, generator, callback, cancel)
+    return x.squeeze(2)

@@ -1,0 +1,174 @@
+"""model/pipeline.py: the §3.2 factorization steps on the tiny random model set (32 px, 4 frames)."""
+import pytest
+import torch
+
+from emu_video.cli import MANIFEST, find_model_set, init_models, load_model_set
+from emu_video.model import pipeline
+from emu_video.model.config import InputError
+from emu_video.model.sampling import SamplerSettings, SamplingCancelled
+
+torch.set_num_threads(1)   # the tiny models are faster single-threaded, and CI CPUs are shared
+
+PROMPT = "a red circle moving quickly right on a black background"
+SETTINGS = SamplerSettings(steps=2, image_cfg=1.5, text_cfg=3.0, rescale=0.7)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.getbasetemp() / "emu_tiny_models"   # shared by every test file of the session
+    if not (folder / MANIFEST).exists():
+        init_models(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def models(model_dir):
+    return load_model_set(find_model_set(model_dir))
+
+
+@pytest.fixture(scope="module")
+def texts(models):
+    return pipeline.encode_prompts(models["text"], PROMPT)
+
+
+def first_frame(models, texts, seed=0, **kw):
+    F, vae = models["video"], models["vae"]
+    return pipeline.generate_first_frame(F.unet, F.schedule, F.config, *texts, SETTINGS, 32, 32, seed,
+                                         vae.cfg.downsample_factor, **kw)
+
+
+def video(models, texts, seed=0, frames=4, **kw):
+    F = models["video"]
+    image_latent = first_frame(models, texts, seed)
+    return pipeline.generate_video(F.unet, F.schedule, F.config, *texts, SETTINGS, image_latent, frames, seed, **kw)
+
+
+# --------------------------------------------------------------------------- inputs
+
+def test_prepare_image_crop_keeps_centre_and_pad_adds_borders():
+    wide = torch.zeros(1, 20, 40, 3)
+    wide[:, :, 10:30] = 1.0                                  # white centre band, black sides
+    crop = pipeline.prepare_image(wide, 16, 16, "crop")
+    assert crop.shape == (1, 16, 16, 3)
+    assert crop.mean() > 0.9                                  # the centre survives, the sides are cut
+    pad = pipeline.prepare_image(wide, 16, 16, "pad")
+    assert pad.shape == (1, 16, 16, 3)
+    assert pad[:, :4].max() == 0 and pad[:, -4:].max() == 0   # black bars above and below
+    stretch = pipeline.prepare_image(wide, 16, 16, "stretch")
+    assert stretch[:, :, :3].mean() < 0.2 and stretch[:, :, 6:10].mean() > 0.9
+
+
+def test_prepare_image_accepts_rgba_grey_and_unbatched():
+    assert pipeline.prepare_image(torch.rand(8, 8, 4), 8, 8).shape == (1, 8, 8, 3)
+    grey = pipeline.prepare_image(torch.rand(2, 8, 8, 1), 8, 8)
+    assert torch.equal(grey[..., 0], grey[..., 2])
+
+
+@pytest.mark.parametrize("bad, match", [(torch.rand(8, 8), "IMAGE"), (torch.rand(1, 8, 8, 5), "3 colour")])
+def test_prepare_image_rejects_bad_images(bad, match):
+    with pytest.raises(InputError, match=match):
+        pipeline.prepare_image(bad, 8, 8)
+
+
+def test_prepare_image_rejects_unknown_mode():
+    with pytest.raises(InputError, match="crop"):
+        pipeline.prepare_image(torch.rand(1, 8, 8, 3), 8, 8, "zoom")
+
+
+def test_sizes_must_fit_vae_and_unet_factors(models):
+    cfg = models["video"].config
+    assert pipeline.latent_size(32, 40, cfg, 2) == (16, 20)
+    with pytest.raises(InputError, match="nearest valid heights are 32 and 36"):
+        pipeline.latent_size(34, 32, cfg, 2)
+
+
+def test_frame_limits(models):
+    cfg = models["video"].config
+    with pytest.raises(InputError, match=">= 1"):
+        pipeline.check_frames(0, cfg)
+    with pytest.raises(InputError, match="more than this model supports"):
+        pipeline.check_frames(cfg.unet.max_frames + 1, cfg)
+
+
+def test_latent_from_another_model_is_named(models, texts):
+    F = models["video"]
+    wrong = torch.zeros(1, F.config.unet.latent_channels + 4, 4, 16, 16)
+    with pytest.raises(InputError, match="another model"):
+        pipeline.interpolate(models["interp"].unet, F.schedule, models["interp"].config, wrong, *texts, SETTINGS, 0)
+
+
+def test_memory_estimate_refuses_hopeless_requests(models):
+    cfg = models["video"].config
+    small = pipeline.estimate_memory(cfg, 1, 4, 16, 16)
+    assert pipeline.estimate_memory(cfg, 1, 8, 16, 16) > small        # grows with frames
+    assert pipeline.estimate_memory(cfg, 1, 4, 32, 32) > small        # and with size
+    with pytest.raises(pipeline.MemoryEstimateError, match="fewer frames"):
+        pipeline.check_memory(cfg, 1, 4, 16, 16, "cpu", torch.float32, available=small // 2)
+    pipeline.check_memory(cfg, 1, 4, 16, 16, "cpu", torch.float32, available=small * 2)
+
+
+def test_null_text_is_the_empty_prompt_unless_negative_given(models):
+    encoders = models["text"]
+    _, null = pipeline.encode_prompts(encoders, PROMPT)
+    assert torch.equal(null.context[0], encoders.null(1).context[0])
+    _, negative = pipeline.encode_prompts(encoders, PROMPT, negative="a blue square")
+    assert not torch.equal(negative.context[0], null.context[0])
+
+
+# --------------------------------------------------------------------------- sampling steps
+
+def test_first_frame_and_video_shapes_and_seed_reproducibility(models, texts):
+    C = models["video"].config.unet.latent_channels
+    a = video(models, texts, seed=3)
+    assert a.shape == (1, C, 4, 16, 16)
+    assert torch.equal(a, video(models, texts, seed=3))
+    assert not torch.allclose(a, video(models, texts, seed=4))
+
+
+def test_progress_called_every_step_and_cancel_honoured(models, texts):
+    calls = []
+    first_frame(models, texts, callback=lambda i, n, x0: calls.append((i, n)))
+    assert calls == [(0, 2), (1, 2)]
+    with pytest.raises(SamplingCancelled):
+        video(models, texts, cancel=lambda: True)
+
+
+def test_interpolate_gives_k_times_more_frames(models, texts):
+    I = models["interp"]
+    lat = video(models, texts)
+    out = pipeline.interpolate(I.unet, I.schedule, I.config, lat, *texts, SETTINGS, seed=0, factor=2)
+    assert out.shape[2] == (4 - 1) * 2 + 1
+    assert torch.isfinite(out).all()
+    with pytest.raises(InputError, match="at least 2"):
+        pipeline.interpolate(I.unet, I.schedule, I.config, lat[:, :, :1], *texts, SETTINGS, seed=0)
+
+
+def test_extend_keeps_the_past_and_appends(models, texts):
+    F = models["video"]
+    lat = video(models, texts)
+    longer = pipeline.extend(F.unet, F.schedule, F.config, lat, *texts, SETTINGS, seed=1, context_frames=2,
+                             new_frames=3)
+    assert longer.shape[2] == 4 + 3
+    assert torch.equal(longer[:, :, :4], lat)
+    with pytest.raises(InputError, match="only 4 frames"):
+        pipeline.extend(F.unet, F.schedule, F.config, lat, *texts, SETTINGS, seed=1, context_frames=5)
+
+
+def test_decode_is_chunked_and_in_unit_range(models, texts):
+    vae = models["vae"]
+    lat = video(models, texts)
+    chunks = []
+    frames = pipeline.decode(vae, lat, callback=lambda done, total: chunks.append(done))
+    assert frames.shape == (1, 4, 32, 32, 3) and frames.dtype == torch.float32
+    assert 0 <= frames.min() and frames.max() <= 1
+    assert chunks[-1] == 4 and len(chunks) == -(-4 // vae.cfg.decode_chunk)
+
+
+def test_encode_image_matches_video_latent_space(models):
+    vae = models["vae"]
+    image = torch.rand(1, 32, 32, 3)
+    latent = pipeline.encode_image(vae, image)
+    assert latent.shape == (1, vae.cfg.latent_channels, 16, 16)
+    # same frame through the video path (frame 0 of a clip) gives the same latent (§3.2 latents)
+    clip = (image.permute(3, 0, 1, 2)[None] * 2 - 1)
+    assert torch.allclose(vae.encode_video(clip)[:, :, 0], latent, atol=1e-5)

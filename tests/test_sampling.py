@@ -1,0 +1,184 @@
+import pytest
+import torch
+
+from emu_video.model.conditioning import TextCondition, first_frame, model_input
+from emu_video.model.config import InputError
+from emu_video.model.guidance import cfg, dual_guidance
+from emu_video.model.sampling import (SamplerSettings, SamplingCancelled, SamplingDiverged, make_noise, sample_image,
+                                      sample_video)
+from emu_video.model.schedule import NoiseSchedule
+
+C = 3
+SCHEDULE = NoiseSchedule()
+
+
+class FakeDenoiser:
+    """Deterministic, per-sample function of every input (so each branch gives a different v)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, x_in, timesteps, context, context_masks, image_mode=False):
+        self.calls.append((x_in.shape[0], image_mode))
+        x = x_in[:, :C]
+        text = context[0].mean(dim=(1, 2)).reshape(-1, 1, 1, 1, 1)
+        t = (timesteps.double() / 1000).reshape(-1, 1, 1, 1, 1).to(x)
+        out = 0.3 * x + 0.2 * torch.tanh(x) * t + 0.1 * text
+        if not image_mode:
+            assert x_in.shape[1] == 2 * C + 1
+            out = out + 0.25 * x_in[:, C:2 * C] - 0.15 * x_in[:, 2 * C:]
+        else:
+            assert x_in.shape[1] == C
+        return out
+
+
+def texts(batch=2):
+    g = torch.Generator().manual_seed(11)
+    text = TextCondition([torch.randn(batch, 4, 6, generator=g)], [torch.ones(batch, 4, dtype=torch.bool)])
+    null = TextCondition([torch.randn(1, 4, 6, generator=g)], [torch.tensor([[True, False, False, False]])])
+    return text, null
+
+
+def video_inputs(batch=2, frames=3):
+    noise = make_noise((batch, C, frames, 4, 4), seed=0)
+    cond, mask = first_frame(make_noise((batch, C, 4, 4), seed=1), frames)
+    return noise, cond, mask
+
+
+def reference_video(denoiser, noise, cond, mask, text, null, settings):
+    """Three separate forwards per step and the full dual-guidance formula."""
+    text, null = text, null.repeat(noise.shape[0])
+    ts = SCHEDULE.timesteps(settings.steps, settings.spacing)
+    x = noise
+    for t, t_prev in zip(ts.tolist(), SCHEDULE.previous_timesteps(ts).tolist()):
+        tt = torch.full((x.shape[0],), t)
+        full = denoiser(model_input(x, cond, mask), tt, text.context, text.masks, image_mode=False)
+        image = denoiser(model_input(x, cond, mask), tt, null.context, null.masks, image_mode=False)
+        uncond = denoiser(model_input(x, 0 * cond, 0 * mask), tt, null.context, null.masks, image_mode=False)
+        x, _ = SCHEDULE.ddim_step(x, dual_guidance(uncond, image, full, settings.image_cfg, settings.text_cfg), t, t_prev)
+    return x
+
+
+@pytest.mark.parametrize("s_i,s_t", [(1.5, 7.5), (1.0, 7.5), (1.0, 1.0), (2.0, 0.0), (3.0, 3.0)])
+def test_one_batched_forward_equals_three_separate_branches(s_i, s_t):
+    noise, cond, mask = video_inputs()
+    text, null = texts()
+    settings = SamplerSettings(steps=4, image_cfg=s_i, text_cfg=s_t)
+    denoiser = FakeDenoiser()
+    out = sample_video(denoiser, SCHEDULE, noise, cond, mask, text, null, settings)
+    expected = reference_video(FakeDenoiser(), noise, cond, mask, text, null, settings)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    n_branches = {(1.5, 7.5): 3, (1.0, 7.5): 2, (1.0, 1.0): 1, (2.0, 0.0): 2, (3.0, 3.0): 2}[(s_i, s_t)]
+    assert denoiser.calls == [(2 * n_branches, False)] * 4  # one forward per step, only needed branches
+
+
+def test_callback_once_per_step_with_x0():
+    noise, cond, mask = video_inputs()
+    seen = []
+    out = sample_video(FakeDenoiser(), SCHEDULE, noise, cond, mask, *texts(), SamplerSettings(steps=5),
+                       callback=lambda i, n, x0: seen.append((i, n, x0.clone())))
+    assert [(i, n) for i, n, _ in seen] == [(i, 5) for i in range(5)]
+    assert seen[0][2].shape == noise.shape
+    torch.testing.assert_close(seen[-1][2], out)  # the last step lands on alpha_bar = 1: x0
+
+
+def test_cancel_is_honoured_within_one_step():
+    noise, cond, mask = video_inputs()
+    denoiser = FakeDenoiser()
+    asked = []
+
+    def cancel():
+        asked.append(1)
+        return len(asked) > 2
+
+    with pytest.raises(SamplingCancelled, match="3/6"):
+        sample_video(denoiser, SCHEDULE, noise, cond, mask, *texts(), SamplerSettings(steps=6), cancel=cancel)
+    assert len(denoiser.calls) == 2
+
+
+def test_nan_raises_a_clear_error_naming_the_step():
+    noise, cond, mask = video_inputs()
+
+    def broken(x_in, t, context, masks, image_mode=False):
+        out = FakeDenoiser()(x_in, t, context, masks, image_mode)
+        return out * float("nan") if int(t[0]) < 700 else out
+
+    with pytest.raises(SamplingDiverged, match=r"step 4/10 \(t=699\).*float32.*guidance"):
+        sample_video(broken, SCHEDULE, noise, cond, mask, *texts(), SamplerSettings(steps=10))
+
+
+def test_same_seed_same_video_with_stochastic_steps():
+    def run(seed, eta_seed):
+        noise, cond, mask = video_inputs()
+        noise = make_noise(noise.shape, seed)
+        return sample_video(FakeDenoiser(), SCHEDULE, noise, cond, mask, *texts(), SamplerSettings(steps=3, eta=1.0),
+                            generator=torch.Generator().manual_seed(eta_seed))
+
+    assert torch.equal(run(0, 1), run(0, 1))
+    assert not torch.equal(run(0, 1), run(0, 2)) and not torch.equal(run(0, 1), run(5, 1))
+    assert torch.equal(make_noise((2, 3), 4), make_noise((2, 3), 4))
+
+
+def oracle(x0, image_mode):
+    """Returns the exact v for a known x0 whatever the conditioning: v = (√ᾱ·x_t − x0)/√(1−ᾱ)."""
+    def denoiser(x_in, t, context, masks, image_mode=image_mode):
+        x_t = x_in[:, :C]
+        target = x0.repeat(x_t.shape[0] // x0.shape[0], *([1] * (x0.ndim - 1)))
+        ab = SCHEDULE.alpha_bar(t, x_t)
+        return (ab.sqrt() * x_t - target) / (1 - ab).sqrt()
+    return denoiser
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_oracle_denoiser_recovers_x0(eta):
+    noise, cond, mask = video_inputs()
+    x0 = make_noise(noise.shape, seed=9)
+    out = sample_video(oracle(x0, False), SCHEDULE, noise, cond, mask, *texts(),
+                       SamplerSettings(steps=7, eta=eta, rescale=0.7), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, x0, atol=1e-5, rtol=0)
+    image_x0 = make_noise((2, C, 4, 4), seed=10)
+    img = sample_image(oracle(image_x0.unsqueeze(2), True), SCHEDULE, make_noise((2, C, 4, 4), 3), *texts(),
+                       SamplerSettings(steps=4))
+    torch.testing.assert_close(img, image_x0, atol=1e-5, rtol=0)
+
+
+def test_direct_text_to_video_without_known_frames_equals_zero_conditioning():
+    noise, cond, mask = video_inputs()
+    settings = SamplerSettings(steps=3)
+    a = sample_video(FakeDenoiser(), SCHEDULE, noise, None, None, *texts(), settings)
+    b = sample_video(FakeDenoiser(), SCHEDULE, noise, 0 * cond, 0 * mask, *texts(), settings)
+    torch.testing.assert_close(a, b)
+
+
+def test_sample_image_is_plain_text_cfg_in_image_mode():
+    text, null = texts()
+    noise = make_noise((2, C, 4, 4), seed=2)
+    settings = SamplerSettings(steps=3, text_cfg=5.0, image_cfg=123.0)  # image scale is irrelevant here
+    denoiser = FakeDenoiser()
+    out = sample_image(denoiser, SCHEDULE, noise, text, null, settings)
+    assert out.shape == noise.shape and denoiser.calls == [(4, True)] * 3
+    ref, x = FakeDenoiser(), noise.unsqueeze(2)
+    null = null.repeat(2)
+    ts = SCHEDULE.timesteps(3)
+    for t, t_prev in zip(ts.tolist(), SCHEDULE.previous_timesteps(ts).tolist()):
+        tt = torch.full((2,), t)
+        v = cfg(ref(x, tt, null.context, null.masks, True), ref(x, tt, text.context, text.masks, True), 5.0)
+        x, _ = SCHEDULE.ddim_step(x, v, t, t_prev)
+    torch.testing.assert_close(out, x.squeeze(2), atol=1e-5, rtol=1e-5)
+
+
+def test_bad_inputs_are_reported_before_any_forward():
+    noise, cond, mask = video_inputs()
+    denoiser = FakeDenoiser()
+    with pytest.raises(InputError, match="B, C, T, h, w"):
+        sample_video(denoiser, SCHEDULE, noise[:, :, 0], cond, mask, *texts())
+    with pytest.raises(InputError, match="same shape"):
+        sample_video(denoiser, SCHEDULE, noise, cond[:, :, :2], mask, *texts())
+    text, null = texts(batch=3)
+    with pytest.raises(InputError, match="batch"):
+        sample_video(denoiser, SCHEDULE, noise, cond, mask, text, null)
+    with pytest.raises(InputError, match="steps"):
+        sample_video(denoiser, SCHEDULE, noise, cond, mask, *texts(), SamplerSettings(steps=0))
+    with pytest.raises(InputError, match="B, C, h, w"):
+        sample_image(denoiser, SCHEDULE, noise, *texts())
+    assert denoiser.calls == []

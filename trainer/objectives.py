@@ -1,0 +1,109 @@
+"""The loss of each stage, as an nn.Module so DDP/FSDP wrap exactly what is trained.
+
+All randomness (noise, timesteps, dropout, frame choice) is drawn OUTSIDE the modules from a CPU
+generator seeded by (seed, step, micro-step, rank) — see loop.step_generator — so a resumed run
+draws exactly what a straight run draws, on any device.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..model import conditioning as cond_lib
+from ..model.conditioning import TextCondition
+
+
+class VAELoss(nn.Module):
+    """Reconstruction (L1 + L2) + a small KL to N(0, I) on frames as independent images (§3.2)."""
+
+    def __init__(self, vae, l1: float, l2: float, kl: float):
+        super().__init__()
+        self.vae, self.l1, self.l2, self.kl = vae, l1, l2, kl
+
+    def forward(self, frames: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        moments = self.vae.quant_conv(self.vae.encoder(frames))
+        mean, logvar = moments.float().chunk(2, dim=1)
+        logvar = logvar.clamp(-30.0, 20.0)
+        z = mean + torch.exp(0.5 * logvar) * noise
+        recon = self.vae.decoder(self.vae.post_quant_conv(z.to(frames.dtype))).float()
+        x = frames.float()
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
+        return self.l1 * (recon - x).abs().mean() + self.l2 * (recon - x).pow(2).mean() + self.kl * kl
+
+
+class DiffusionLoss(nn.Module):
+    """MSE to the schedule's target (v on the zero-terminal-SNR schedule, §3.3) for the U-Net.
+
+    image mode (t2i): x0 [B, C, h, w], no known frames.
+    video mode: x0 [B, C, T, h, w] with cond/mask [known-frame latents | mask] (Fig. 3).
+    """
+
+    def __init__(self, unet, schedule, image_mode: bool):
+        super().__init__()
+        self.unet, self.schedule, self.image_mode = unet, schedule, image_mode
+
+    def forward(self, x0, noise, t, context, masks, cond=None, mask=None) -> torch.Tensor:
+        x_t = self.schedule.add_noise(x0, noise, t)
+        x_in = x_t if self.image_mode else cond_lib.model_input(x_t, cond, mask)
+        out = self.unet(x_in, t, context, masks, image_mode=self.image_mode)
+        target = self.schedule.training_target(x0, noise, t)
+        return F.mse_loss(out.float(), target.float())
+
+
+# --------------------------------------------------------------------------- per-stage inputs
+
+def timesteps(batch: int, schedule, gen: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, schedule.num_train_timesteps, (batch,), generator=gen)
+
+
+def text_dropout(text: TextCondition, null: TextCondition, drop: torch.Tensor) -> TextCondition:
+    return cond_lib.drop_text(text, null, drop) if bool(drop.any()) else text
+
+
+def t2i_inputs(latents: torch.Tensor, text: TextCondition, null: TextCondition, cfg, schedule,
+               gen: torch.Generator) -> dict:
+    """One frame per clip as an image (§3.2: F without temporal layers is the T2I model); the text is
+    dropped with the total text-drop probability so the T2I model supports CFG."""
+    B, C, T = latents.shape[:3]
+    frame = torch.randint(0, T, (B,), generator=gen)
+    x0 = latents[torch.arange(B), :, frame]
+    p = cfg.diffusion.p_drop_text + cfg.diffusion.p_drop_both
+    drop = torch.rand(B, generator=gen) < p
+    text = text_dropout(text, null, drop)
+    noise = torch.randn(x0.shape, generator=gen)
+    return dict(x0=x0, noise=noise, t=timesteps(B, schedule, gen), context=text.context, masks=text.masks)
+
+
+def video_inputs(latents, text, null, cfg, schedule, gen) -> dict:
+    """Image-to-video: frame 0 of the clip is the known frame (§3.2), with IP2P-style disjoint
+    text / image / both dropout (5% each by default) for dual guidance."""
+    B, _, T = latents.shape[:3]
+    cond, mask = cond_lib.first_frame(latents[:, :, 0], T)
+    d = cfg.diffusion
+    drop_t, drop_i = cond_lib.condition_dropout(B, d.p_drop_text, d.p_drop_image, d.p_drop_both, generator=gen)
+    cond, mask = cond_lib.drop_image(cond, mask, drop_i)
+    text = text_dropout(text, null, drop_t)
+    noise = torch.randn(latents.shape, generator=gen)
+    return dict(x0=latents, noise=noise, t=timesteps(B, schedule, gen), context=text.context, masks=text.masks,
+                cond=cond, mask=mask)
+
+
+def interp_inputs(latents, text, null, cfg, schedule, gen) -> dict:
+    """Interpolation (§3.3): every k-th frame known (zero-interleaved), noise-augmented to
+    τ ~ U{0..cond_noise_max} so generated key frames at inference look like training inputs."""
+    B, _, T = latents.shape[:3]
+    k = cfg.diffusion.interp_factor
+    cond, mask = cond_lib.interpolation(latents[:, :, ::k], k)
+    tau = cond_lib.sample_aug_timesteps(B, cfg.diffusion.cond_noise_max, generator=gen)
+    cond = cond_lib.noise_augment(cond, mask, schedule, tau, generator=gen)
+    d = cfg.diffusion
+    drop_t, drop_i = cond_lib.condition_dropout(B, d.p_drop_text, d.p_drop_image, d.p_drop_both, generator=gen)
+    cond, mask = cond_lib.drop_image(cond, mask, drop_i)
+    text = text_dropout(text, null, drop_t)
+    noise = torch.randn(latents.shape, generator=gen)
+    return dict(x0=latents, noise=noise, t=timesteps(B, schedule, gen), context=text.context, masks=text.masks,
+                cond=cond, mask=mask)
+
+
+STAGE_INPUTS = {"t2i": t2i_inputs, "video": video_inputs, "interp": interp_inputs}
