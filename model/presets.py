@@ -7,7 +7,7 @@ from .config import ConfigError, ModelConfig, TextEncoderConfig, UNetConfig
 
 
 def tiny_config() -> ModelConfig:
-    """A few-hundred-thousand-parameter model for tests: 16x16 latents, 4-8 frames on CPU in well under a second."""
+    """A ~1.4M-parameter model for CPU tests (8-16 px latents, 2-8 frames: tens of ms per forward)."""
     encoders = (TextEncoderConfig(name="t5", kind="t5", dim=32, max_length=16),
                 TextEncoderConfig(name="clip", kind="clip", dim=32, max_length=16))
     unet = UNetConfig(latent_channels=4, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,

@@ -71,7 +71,9 @@ class EmuScheduler:
     schedule: str = "from model"
 
     def noise_schedule(self, config):
-        from ..model.config import InputError, ScheduleConfig
+        import dataclasses
+
+        from ..model.config import InputError
         from ..model.schedule import NoiseSchedule
 
         base = config.schedule
@@ -84,8 +86,7 @@ class EmuScheduler:
         change = overrides[self.schedule]
         if change is None:
             return NoiseSchedule.from_config(base)
-        merged = {**base.__dict__, **change}
-        return NoiseSchedule.from_config(ScheduleConfig(**merged))
+        return NoiseSchedule.from_config(dataclasses.replace(base, **change))
 
     def settings(self, image_cfg: float = 1.0, text_cfg: float = 7.5, steps: int | None = None):
         from ..model.sampling import SamplerSettings

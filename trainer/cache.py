@@ -57,11 +57,13 @@ class LatentCache:
             t = load_file(str(path))
         except Exception:  # a damaged entry is recomputed, never trusted
             return None
+        self.hits += 1
         n = sum(1 for k in t if k.startswith("text."))
         return dict(latents=t["latents"], context=[t[f"text.{i}"] for i in range(n)],
                     masks=[t.get(f"mask.{i}") for i in range(n)])
 
     def store(self, entry: dict, latents: torch.Tensor, text: TextCondition) -> None:
+        self.misses += 1
         tensors = {"latents": latents}
         for i, (c, m) in enumerate(zip(text.context, text.masks)):
             tensors[f"text.{i}"] = c

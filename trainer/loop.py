@@ -144,7 +144,7 @@ def run(cfg, stage, dataset, info, out_dir: Path, config_json: str, log=print) -
     finally:
         bar.close()
         metrics.close()
-    return {"step": step, "losses": losses, "ema": ema, "finished": step >= cfg.loop.max_steps}
+    return {"step": step, "losses": losses, "ema": ema, "params": params, "finished": step >= cfg.loop.max_steps}
 
 
 def _clip(params, scaler, optimizer, max_norm: float) -> float:

@@ -58,6 +58,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
         stage = make_stage(cfg, info.device, dataset, config_json)
         result = loop.run(cfg, stage, dataset, info, out_dir, config_json, log)
         result["skipped"] = len(dataset.skipped)
+        if stage.cache is not None:     # counted in this process (num_workers = 0) or its workers
+            result["cache"] = {"hits": stage.cache.hits, "misses": stage.cache.misses}
         if result["finished"]:
             result["export"] = export(stage, out_dir, result["ema"], info, cfg)
             result["samples"] = loop.validate(stage, out_dir, result["step"], result["ema"], info)
