@@ -223,14 +223,17 @@ class AutoencoderKL(nn.Module):
     def _framewise(self, x, fn, callback, cancel):
         b, _, t = x.shape[:3]
         frames = x.permute(0, 2, 1, 3, 4).reshape(b * t, *x.shape[1:2], *x.shape[3:])
-        total, outs = b * t, []
+        total, y = b * t, None
         for start in range(0, total, self.cfg.decode_chunk):
             if cancel is not None and cancel():
                 raise Cancelled(f"stopped after {start} of {total} frames")
-            outs.append(fn(frames[start:start + self.cfg.decode_chunk]))
+            chunk = fn(frames[start:start + self.cfg.decode_chunk])
+            if y is None:  # preallocate once: no list of chunks + torch.cat doubling the output's memory
+                y = chunk.new_empty((total, *chunk.shape[1:]))
+            y[start:start + chunk.shape[0]] = chunk
+            del chunk
             if callback is not None:
-                callback(start + outs[-1].shape[0], total)
-        y = torch.cat(outs)
+                callback(min(start + self.cfg.decode_chunk, total), total)
         return y.reshape(b, t, *y.shape[1:]).permute(0, 2, 1, 3, 4)
 
     # ---- input checks: say what is wrong before a conv does

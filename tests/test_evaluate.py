@@ -1,0 +1,174 @@
+"""`emu-video eval`: metric functions on rendered ground truth, and one tiny end-to-end run."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from emu_video import cli
+from emu_video.model.config import InputError
+from emu_video.trainer import eval_metrics as em
+from emu_video.trainer import evaluate as ev
+from emu_video.trainer import toy_world as tw
+
+torch.set_num_threads(1)   # tiny models: single-threaded is faster on shared CPUs
+
+
+def attrs(**kw):
+    base = dict(colour="red", shape="circle", motion="right", background="black", speed="fast")
+    return {**base, **kw}
+
+
+# --------------------------------------------------------------------------- oracle and prompts
+
+def test_oracle_is_exact_on_rendered_clips():
+    prompts = tw.sample_prompts(12, seed=3, held_out=True) + tw.sample_prompts(12, seed=3)
+    judgements = [tw.judge(tw.render_clip(p["attributes"], 64, 8, seed=i), p["attributes"])
+                  for i, p in enumerate(prompts)]
+    rates = em.text_faithfulness(judgements)
+    assert rates == {**{k: 1.0 for k in (*em.ATTRIBUTES, "all")}, "n": 24}
+
+
+def test_text_faithfulness_counts_each_attribute():
+    wrong_motion = tw.judge(tw.render_clip(attrs(motion="left"), 64, 8), attrs(motion="right"))
+    right = tw.judge(tw.render_clip(attrs(), 64, 8), attrs())
+    rates = em.text_faithfulness([wrong_motion, right])
+    assert rates["motion"] == 0.5 and rates["all"] == 0.5 and rates["colour"] == 1.0 and rates["n"] == 2
+    assert em.text_faithfulness([])["all"] is None
+
+
+def test_parse_caption_inverts_caption():
+    for p in tw.sample_prompts(30, seed=1) + tw.sample_prompts(10, seed=1, held_out=True):
+        assert em.parse_caption(p["caption"]) == p["attributes"]
+    with pytest.raises(InputError, match="toy-world caption"):
+        em.parse_caption("a purple dragon flying")
+
+
+def test_prompt_sets(tmp_path):
+    prompts = ev.default_prompts(3, seed=0)
+    assert [p["group"] for p in prompts] == ["held_out"] * 3 + ["seen"] * 3
+    assert all(tw.is_held_out(p["attributes"]) == (p["group"] == "held_out") for p in prompts)
+    f = tmp_path / "prompts.txt"
+    f.write_text("# eval\na red triangle standing still on a gray background\n\n"
+                 "a green circle moving quickly up on a navy background\n")
+    read = ev.read_prompts(f)
+    assert [p["group"] for p in read] == ["held_out", "seen"]
+    assert read[0]["attributes"]["motion"] == "static"
+    with pytest.raises(InputError, match="not found"):
+        ev.read_prompts(tmp_path / "missing.txt")
+
+
+# --------------------------------------------------------------------------- PSNR and interpolation
+
+def test_psnr_identical_noise_and_known_offset():
+    clip = tw.render_clip(attrs(), 32, 4)
+    assert em.psnr(clip, clip) == float("inf")
+    noise = np.random.default_rng(0).integers(0, 256, clip.shape, dtype=np.uint8)
+    assert em.psnr(noise, clip) < 12
+    shifted = clip.astype(np.int16) + np.where(clip < 255, 1, -1)
+    assert em.psnr(shifted, clip) == pytest.approx(20 * np.log10(255), abs=1e-6)   # MSE = 1
+    with pytest.raises(InputError, match="equally shaped"):
+        em.psnr(clip, clip[:2])
+
+
+def test_linear_blend_crossfades_between_key_frames():
+    known = np.stack([np.full((2, 2, 3), v, np.uint8) for v in (0, 100, 20)])
+    blended = em.linear_blend(known, 4)
+    assert blended.shape == (9, 2, 2, 3) and blended.dtype == np.uint8
+    assert blended[:, 0, 0, 0].tolist() == [0, 25, 50, 75, 100, 80, 60, 40, 20]
+    assert em.keyframe_indices(9, 4) == [0, 4, 8] and em.inbetween_indices(9, 4) == [1, 2, 3, 5, 6, 7]
+    with pytest.raises(InputError):
+        em.keyframe_indices(8, 4)
+
+
+def test_linear_blend_of_a_static_clip_is_exact_and_of_motion_is_not():
+    static = tw.render_clip(attrs(motion="static", speed="none"), 32, 7)
+    assert em.psnr(em.linear_blend(static[::2], 2), static) == float("inf")
+    moving = tw.render_clip(attrs(), 32, 7)
+    middle = em.inbetween_indices(7, 2)
+    assert em.psnr(em.linear_blend(moving[::2], 2)[middle], moving[middle]) < 40
+
+
+# --------------------------------------------------------------------------- zero-SNR and temporal
+
+def test_zero_snr_means_on_black_and_white_clips():
+    clips = [(tw.render_clip(attrs(background=bg), 64, 4, seed=i), attrs(background=bg))
+             for i, bg in enumerate(("black", "white", "black", "gray"))]
+    check = em.zero_snr_check(clips)
+    assert check["black_mean"] < 0.5 and check["white_mean"] > 254.5
+    assert (check["n_black"], check["n_white"]) == (2, 1)
+    assert em.background_intensity(clips[3][0]) == pytest.approx(128, abs=0.5)
+    assert em.zero_snr_check(clips[3:])["black_mean"] is None
+
+
+def test_temporal_consistency_of_rendered_and_broken_clips():
+    clip = tw.render_clip(attrs(shape="square"), 64, 8, seed=2)
+    smooth = em.clip_consistency(tw.measure_frames(clip), 64)
+    assert smooth["visible"] == 1.0 and smooth["colour"] == 1.0
+    assert smooth["size_cv"] < 0.05 and smooth["jerk"] < 0.01
+    # shuffled frames jump back and forth; recoloured frames flicker
+    shuffled = em.clip_consistency(tw.measure_frames(clip[[0, 7, 1, 6, 2, 5, 3, 4]]), 64)
+    assert shuffled["jerk"] > 10 * smooth["jerk"] + 0.05
+    flicker = clip.copy()
+    flicker[::2] = tw.render_clip(attrs(shape="square", colour="blue"), 64, 8, seed=2)[::2]
+    assert em.clip_consistency(tw.measure_frames(flicker), 64)["colour"] == 0.5
+    empty = em.clip_consistency(tw.measure_frames(np.zeros((3, 32, 32, 3), np.uint8)), 32)
+    assert empty == dict(visible=0.0, colour=None, size_cv=None, jerk=None)
+    assert em.temporal_consistency([tw.measure_frames(clip)], 64)["colour"] == 1.0
+
+
+# --------------------------------------------------------------------------- end to end
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.getbasetemp() / "emu_tiny_models"   # shared with test_cli.py in one session
+    if not (folder / cli.MANIFEST).exists():
+        cli.init_models(folder)
+    return folder
+
+
+def test_eval_main_writes_report_metrics_and_sheets(model_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert ev.eval_main(["--model", str(model_dir), "--out", str(out), "--held-out", "1", "--steps", "2",
+                         "--quiet"]) == 0
+    report = (out / "report.md").read_text()
+    assert "| prompts | n | colour | shape | motion | background | all |" in report
+    assert "| metric | value | what it measures |" in report
+    for key in ev.METRICS:
+        assert f"| {key} |" in report
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["steps"] == 2 and metrics["settings"]["video_file"].endswith(".safetensors")
+    m = metrics["metrics"]
+    assert m["text.held_out.n"] == 1 and m["text.seen.n"] == 1 and m["interp.n"] == 1
+    assert 0.0 <= m["text.held_out.all"] <= 1.0 and np.isfinite(m["interp.psnr_linear"])
+    assert [c["group"] for c in metrics["clips"]] == ["held_out", "seen"]
+    for name in ("t2v_held_out.png", "t2v_seen.png", "animate.png", "interp.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name})" in report
+
+    table = ev.compare_reports([out / "metrics.json", metrics], names=["a", "b"])
+    header, _, *rows = table.strip().splitlines()
+    assert header == "| metric | a | b |" and len(rows) == len(ev.METRICS) + 5 * len(ev.GROUPS)
+    assert all(row.count("|") == 4 for row in rows)
+
+
+def test_eval_is_reproducible_for_a_seed(model_dir):
+    pipe = ev.EvalPipeline(cli.load_model_set(cli.find_model_set(model_dir)), ev.EvalSettings(steps=2))
+    picture = tw.render_clip(attrs(), pipe.size, 1)[0]
+    a, b = (pipe.animate(picture, tw.caption(attrs()), seed=5) for _ in range(2))
+    assert a.shape == (pipe.frames, pipe.size, pipe.size, 3) and np.array_equal(a, b)
+    assert not np.array_equal(a, pipe.animate(picture, tw.caption(attrs()), seed=6))
+
+
+def test_missing_or_incomplete_model_dir_is_a_clear_error(model_dir, tmp_path, capsys):
+    assert cli.main(["eval", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+    assert "model folder not found" in capsys.readouterr().err
+    (tmp_path / "partial" / "vae").mkdir(parents=True)
+    assert cli.main(["eval", "--model", str(tmp_path / "partial"), "--out", str(tmp_path / "o")]) == 2
+    assert "incomplete" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_bad_prompt_file_is_a_clear_error(model_dir, tmp_path, capsys):
+    f = tmp_path / "p.txt"
+    f.write_text("a cat on a mat\n")
+    assert ev.eval_main(["--model", str(model_dir), "--out", str(tmp_path / "o"), "--prompts", str(f)]) == 1
+    assert "toy-world caption" in capsys.readouterr().err
