@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 
 .PHONY: test generate bench
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest
 
 # Until the trained demo model ships in demo/, the main job runs on a random tiny model set
 # (written once into models/ by init-models): the whole chain runs, the pictures are noise.

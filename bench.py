@@ -6,13 +6,14 @@ Every number is a ratio against a reference run here and now (never an absolute 
   2. One dual-guidance sampling step vs a single forward of the 3x batch: overhead (goal <= 5%).
   3. VAE decode of 64 frames vs 8 frames: peak-memory ratio (goal <= 1.2).
   4. torch.compile graph breaks (goal 0) and a bf16 autocast forward.
-Peak memory is the CUDA allocator's peak on GPU, and the process's resident-set growth (sampled
-every millisecond in a fresh subprocess) on CPU. diffusers is a dev extra, used here only as reference.
+Peak memory is the CUDA allocator's peak on GPU, and on CPU the process's resident-set growth (sampled
+every millisecond in a fresh subprocess whose large allocations are mmap-backed, so RSS tracks live tensors). diffusers is a dev extra, used here only as reference.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -83,16 +84,20 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def timed(fn, device, repeats: int) -> float:
-    fn()  # warm-up
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def timed(fns: dict, device, repeats: int) -> dict:
+    """Median seconds per call of each fn, calls interleaved so drift (clock, cache, other load)
+    hits every candidate alike; one warm-up call each first."""
+    for fn in fns.values():
         fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    sync(device)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def rss_bytes() -> int:
@@ -158,7 +163,11 @@ def _decode(vae, lat):
 
 def in_subprocess(name: str, args) -> dict:
     cmd = [sys.executable, "-m", "emu_video.bench", "--worker", name, "--size", args.size, "--device", args.device]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    # glibc keeps freed heap memory mapped, so RSS would hide or inflate allocations depending on
+    # what the warm-up left behind; serving every allocation over 64 KiB by mmap (returned to the
+    # OS on free) makes resident memory track live tensors.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
         raise RuntimeError(f"bench worker {name} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -175,9 +184,8 @@ def bench_unet(args, rows):
     rows.append(("U-Net parameters (M), ours / diffusers UNet3D", f"{params['ours']:.1f} / {params['diffusers']:.1f}",
                  f"{params['ours'] / params['diffusers']:.2f}", "matched layout"))
     for mode, label in (("fwd", "forward"), ("train", "forward+backward")):
-        t = {}
-        for kind, model in models.items():
-            t[kind] = timed(lambda: step_fn(model, kind, mode, x, ts, ctx), device, args.repeats)
+        t = timed({kind: (lambda m=model, k=kind: step_fn(m, k, mode, x, ts, ctx)) for kind, model in models.items()},
+                  device, args.repeats)
         rows.append((f"U-Net {label} time (s), ours / diffusers", f"{t['ours']:.3f} / {t['diffusers']:.3f}",
                      f"{t['ours'] / t['diffusers']:.2f}", "<= 0.8"))
         m = {kind: in_subprocess(f"unet:{kind}:{mode}", args)["peak_mib"] for kind in models}
@@ -198,9 +206,9 @@ def bench_guidance(args, rows, model, inputs):
     schedule = NoiseSchedule()
     x3, ts3, ctx3 = x.repeat(3, 1, 1, 1, 1), ts.repeat(3), ctx.repeat(3, 1, 1)
     with torch.no_grad():
-        t_step = timed(lambda: sample_video(model, schedule, noise, cond, mask, text, null, settings),
-                       args.device, args.repeats)
-        t_fwd = timed(lambda: model(x3, ts3, [ctx3]), args.device, args.repeats)
+        t = timed({"step": lambda: sample_video(model, schedule, noise, cond, mask, text, null, settings),
+                   "forward": lambda: model(x3, ts3, [ctx3])}, args.device, args.repeats)
+    t_step, t_fwd = t["step"], t["forward"]
     rows.append(("dual-guidance step vs one 3x-batch forward (s)", f"{t_step:.3f} / {t_fwd:.3f}",
                  f"{t_step / t_fwd - 1:+.1%}", "<= +5%"))
 
@@ -228,7 +236,7 @@ def bench_main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=sorted(SIZES), default="medium")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--json", help="also write the rows as JSON here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
