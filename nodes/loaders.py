@@ -84,44 +84,39 @@ def _list_or_placeholder(names: list[str]) -> list[str]:
     return names or ["(no files found: run `emu-video init-models` or add models)"]
 
 
-class EmuVideoModelLoader:
+class _EmuModelLoader:
+    """Shared by the video (F) and interpolation (I) loaders: same file format, different `kind`."""
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    KIND = "video"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model_name": (_list_or_placeholder(_model_names("diffusion_models", "emu_video")),
+                           {"tooltip": cls.FILE_TOOLTIP}),
+            "dtype": (DTYPES, {"default": "auto", "tooltip": DTYPE_TOOLTIP}),
+        }}
+
+    def load(self, model_name, dtype="auto"):
+        return (load_emu_model(model_name, dtype, kind=self.KIND),)
+
+
+class EmuVideoModelLoader(_EmuModelLoader):
     DESCRIPTION = ("Loads the Emu Video model F (§3.2): without its temporal layers it makes the first frame, "
                    "with them the video. Emu Video .safetensors files from models/diffusion_models.")
-    CATEGORY = CATEGORY
     RETURN_TYPES = ("EMU_VIDEO_MODEL",)
     RETURN_NAMES = ("model",)
-    FUNCTION = "load"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model_name": (_list_or_placeholder(_model_names("diffusion_models", "emu_video")),
-                           {"tooltip": "Emu Video model file (kind 'video')."}),
-            "dtype": (DTYPES, {"default": "auto", "tooltip": DTYPE_TOOLTIP}),
-        }}
-
-    def load(self, model_name, dtype="auto"):
-        return (load_emu_model(model_name, dtype, kind="video"),)
+    FILE_TOOLTIP = "Emu Video model file (kind 'video')."
 
 
-class EmuVideoInterpModelLoader:
+class EmuVideoInterpModelLoader(_EmuModelLoader):
     DESCRIPTION = ("Loads the Emu Video interpolation model I (§3.2), which turns K frames into (K−1)·k+1 "
                    "frames. From models/diffusion_models (or models/emu_video).")
-    CATEGORY = CATEGORY
     RETURN_TYPES = ("EMU_INTERP_MODEL",)
     RETURN_NAMES = ("interp_model",)
-    FUNCTION = "load"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model_name": (_list_or_placeholder(_model_names("diffusion_models", "emu_video")),
-                           {"tooltip": "Emu Video interpolation model file (kind 'interp')."}),
-            "dtype": (DTYPES, {"default": "auto", "tooltip": DTYPE_TOOLTIP}),
-        }}
-
-    def load(self, model_name, dtype="auto"):
-        return (load_emu_model(model_name, dtype, kind="interp"),)
+    FILE_TOOLTIP = "Emu Video interpolation model file (kind 'interp')."
+    KIND = "interp"
 
 
 class EmuVideoVAELoader:

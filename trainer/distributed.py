@@ -5,6 +5,7 @@ global batch (see loop.batch_indices), so no rank waits on a collective another 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -70,29 +71,63 @@ def mean_across(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return value
 
 
-def wrap(model: torch.nn.Module, info: DistInfo, strategy: str = "ddp") -> torch.nn.Module:
-    """DDP over the trainable params only (frozen spatial weights stay out of the gradient buckets)."""
+def wrap(model: torch.nn.Module, info: DistInfo, strategy: str,
+         params: dict[str, torch.nn.Parameter]) -> tuple[torch.nn.Module, dict[str, torch.nn.Parameter]]:
+    """Wrap for data parallelism; returns (module, `params` as they now live in it).
+
+    DDP keeps the parameter objects (and leaves frozen ones out of its gradient buckets). FSDP2
+    swaps every parameter for a new, sharded DTensor Parameter, so the optimizer and the EMA must be
+    built on the returned dict, not on the one passed in.
+    """
     if not info.enabled:
-        return model
+        return model, params
     if strategy == "fsdp":
-        return _fully_shard(model)
+        where = {id(p): n for n, p in model.named_parameters()}
+        paths = {k: where[id(p)] for k, p in params.items()}
+        _fully_shard(model)
+        now = dict(model.named_parameters())
+        return model, {k: now[path] for k, path in paths.items()}
     ids = [info.device.index] if info.device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids), params
 
 
-def _fully_shard(model: torch.nn.Module) -> torch.nn.Module:
-    # FSDP2: shard each top-level block, then the root. Untested on CPU in CI (needs several GPUs
-    # to be meaningful); state saving gathers full tensors via .full_tensor() (state.py).
+# Sharding units: the U-Net's blocks (§3.2's F and I) and the autoencoder's encoder / decoder.
+# Each is gathered just before it runs and freed after, so only one unit is ever whole.
+SHARD_UNITS = ("input_blocks", "middle_block", "output_blocks", "encoder", "decoder")
+
+
+def _fully_shard(model: torch.nn.Module) -> None:
     from torch.distributed.fsdp import fully_shard
 
-    for name in ("input_blocks", "middle_block", "output_blocks"):
-        blocks = getattr(model, name, None)
-        if blocks is None:
-            continue
-        for block in (blocks if isinstance(blocks, torch.nn.ModuleList) else [blocks]):
-            fully_shard(block)
-    fully_shard(model)
-    return model
+    units = []
+    for module in model.modules():
+        for name in SHARD_UNITS:
+            child = module._modules.get(name)
+            if child is None:
+                continue
+            units.extend(child if isinstance(child, torch.nn.ModuleList) else [child])
+    for unit in reversed(units):  # innermost first: FSDP2 shards bottom-up
+        fully_shard(unit)
+    fully_shard(model)          # the root keeps the rest (time embedding, in/out convs, ...)
+
+
+@contextlib.contextmanager
+def no_sync(module: torch.nn.Module, skip: bool):
+    """Gradient accumulation: skip the all-reduce (DDP) / reduce-scatter (FSDP2) on all but the last
+    micro-step; gradients accumulate locally and are synchronised once."""
+    if not skip:
+        yield
+    elif hasattr(module, "set_requires_gradient_sync"):        # FSDP2
+        module.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            module.set_requires_gradient_sync(True)
+    elif hasattr(module, "no_sync"):                            # DDP
+        with module.no_sync():
+            yield
+    else:
+        yield
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

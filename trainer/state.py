@@ -84,6 +84,11 @@ def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Te
     for name, value in meta["scalars"].items():
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
+    flat = [p for g in optimizer.param_groups for p in g["params"]]    # state_dict's index order
+    for idx, per_param in state.items():
+        for key, value in per_param.items():
+            if key != "step" and hasattr(flat[idx], "device_mesh"):       # FSDP2: moments are sharded too
+                per_param[key] = shard_like(value, flat[idx]).to(value.dtype)
     groups = meta["param_groups"]
     for g in groups:
         if "betas" in g:
@@ -94,8 +99,19 @@ def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Te
 # --------------------------------------------------------------------------- save / load
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
-    """FSDP2 parameters are DTensors; gather them for saving (a no-op for plain tensors)."""
+    """FSDP2 parameters are DTensors; gather them for saving (a no-op for plain tensors).
+    A collective under FSDP: every rank must call it, in the same order."""
     return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def shard_like(full: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """The inverse of full_tensor on load: `full` laid out like `ref` (this rank's FSDP2 shard when
+    `ref` is a DTensor). Every rank read the same file, so each cuts its own shard, without communication."""
+    full = full.to(ref.device, ref.dtype)
+    if not hasattr(ref, "device_mesh"):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+    return distribute_tensor(full, ref.device_mesh, ref.placements, src_data_rank=None)
 
 
 def save_state(folder, step: int, params: dict[str, torch.nn.Parameter], optimizer, ema,
@@ -140,10 +156,12 @@ def load_state(path, params: dict[str, torch.nn.Parameter], optimizer, ema) -> d
                          f"different stage/model — point out_dir at a fresh folder or fix the config")
     with torch.no_grad():
         for k, p in params.items():
-            p.copy_(tensors[f"model.{k}"].to(p.device, p.dtype))
+            p.copy_(shard_like(tensors[f"model.{k}"], p))
     load_optimizer(optimizer, {k: v for k, v in tensors.items() if k.startswith("optim.")},
                    json.loads(meta["optimizer"]))
     if ema is not None:
-        ema.load_state({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, int(meta["ema_updates"]))
+        shadow = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+        ema.load_state({k: shard_like(v, ema.shadow[k]) if k in ema.shadow else v for k, v in shadow.items()},
+                       int(meta["ema_updates"]))
     set_rng_state(tensors, json.loads(meta["rng"]))
     return {"step": int(meta["step"]), "config": meta["config"], "extra": json.loads(meta["extra"])}
