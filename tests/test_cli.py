@@ -14,14 +14,6 @@ torch.set_num_threads(1)   # tiny models: single-threaded is faster on shared CP
 PROMPT = "a red circle moving quickly right on a black background"
 
 
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.getbasetemp() / "emu_tiny_models"   # shared by every test file of the session
-    if not (folder / cli.MANIFEST).exists():
-        cli.init_models(folder)
-    return folder
-
-
 def tensors(path):
     with safe_open(str(path), "pt") as f:
         return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()

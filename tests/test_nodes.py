@@ -20,14 +20,6 @@ torch.set_num_threads(1)   # tiny models: single-threaded is faster on shared CP
 PROMPT = "a red circle moving quickly right on a black background"
 
 
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.getbasetemp() / "emu_tiny_models"   # shared by every test file of the session
-    if not (folder / cli.MANIFEST).exists():
-        cli.init_models(folder)
-    return folder
-
-
 @pytest.fixture(autouse=True)
 def env(model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("EMU_VIDEO_MODELS", str(model_dir))

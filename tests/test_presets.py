@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from emu_video.model.config import ConfigError, ModelConfig, from_json, to_json
 from emu_video.model.presets import PRESETS, count_parameters, get_preset, paper_config, tiny_config

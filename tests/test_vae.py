@@ -1,6 +1,5 @@
 """AutoencoderKL: SD key layout checked against diffusers (independent reference), loaders,
 chunked video encode/decode and input errors. Tiny configs only."""
-import json
 
 import pytest
 import torch

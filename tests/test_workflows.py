@@ -16,14 +16,6 @@ WORKFLOWS = Path(emu_video.__file__).parent / "workflows"
 NAMES = ["text_to_video", "animate_image", "interpolate", "extend_video"]
 
 
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.getbasetemp() / "emu_tiny_models"   # shared by every test file of the session
-    if not (folder / cli.MANIFEST).exists():
-        cli.init_models(folder)
-    return folder
-
-
 def load(name, api=False):
     return json.loads((WORKFLOWS / ("api" if api else "") / f"{name}.json").read_text())
 

@@ -61,9 +61,13 @@ def trim_metrics(out_dir: Path, step: int) -> None:
 def run(cfg, stage, dataset, info, out_dir: Path, config_json: str, log=print) -> dict:
     """Train `stage` to cfg.loop.max_steps (or loop.stop_at); returns a summary dict."""
     device = info.device
-    params = stage.trainable
-    if not params:
+    if not stage.trainable:
         raise RuntimeError("nothing to train: every parameter is frozen (check model.train_spatial / stage)")
+    # Wrap first: FSDP2 replaces the parameters with sharded ones, which the optimizer, the EMA and
+    # the resume state must then use (stage.trainable follows, for export and validation).
+    module, params = dist_lib.wrap(stage.module, info, cfg.dist.strategy, stage.trainable)
+    stage.trainable = params
+    sharded = info.enabled and cfg.dist.strategy == "fsdp"
     o = cfg.optim
     optimizer = torch.optim.AdamW(list(params.values()), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                   weight_decay=o.weight_decay)
@@ -81,7 +85,6 @@ def run(cfg, stage, dataset, info, out_dir: Path, config_json: str, log=print) -
         log(f"resumed from {resume_from} at step {step}")
         if info.is_main:
             trim_metrics(out_dir, step)
-    module = dist_lib.wrap(stage.module, info, cfg.dist.strategy)
     module.train()
 
     end = cfg.loop.max_steps if cfg.loop.stop_at <= 0 else min(cfg.loop.stop_at, cfg.loop.max_steps)
@@ -97,9 +100,8 @@ def run(cfg, stage, dataset, info, out_dir: Path, config_json: str, log=print) -
             for micro in range(o.grad_accum):
                 items = next(loader)
                 gen = step_generator(cfg.seed, step, micro, info.rank)
-                sync = micro == o.grad_accum - 1 or not info.enabled
-                no_sync = module.no_sync() if not sync and hasattr(module, "no_sync") else contextlib.nullcontext()
-                with no_sync:
+                last = micro == o.grad_accum - 1
+                with dist_lib.no_sync(module, skip=info.enabled and not last):
                     with autocast(device, cfg.loop.precision):
                         loss = stage.loss(module, items, gen) / o.grad_accum
                     ok = dist_lib.mean_across(torch.isfinite(loss.detach()).float(), info)
@@ -140,7 +142,10 @@ def run(cfg, stage, dataset, info, out_dir: Path, config_json: str, log=print) -
             if (cfg.loop.checkpoint_every and step % cfg.loop.checkpoint_every == 0) or step == end:
                 _checkpoint(ckpt_dir, step, params, optimizer, ema, scaler, config_json, cfg, info)
             if cfg.validation.every and step % cfg.validation.every == 0 and step != end:
-                validate(stage, out_dir, step, ema, info)
+                if sharded:      # sampling runs on rank 0 alone; sharded weights need every rank
+                    log(f"step {step}: validation samples skipped under FSDP (written after training)")
+                else:
+                    validate(stage, out_dir, step, ema, info)
     finally:
         bar.close()
         metrics.close()
@@ -152,8 +157,8 @@ def _clip(params, scaler, optimizer, max_norm: float) -> float:
     grads = [p for p in params.values() if p.grad is not None]
     if max_norm > 0:
         norm = torch.nn.utils.clip_grad_norm_(grads, max_norm)
-    else:
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in grads]))
+    else:    # also takes FSDP2's sharded (DTensor) gradients, summing the shards across ranks
+        norm = torch.nn.utils.get_total_norm([p.grad for p in grads])
     return float(norm)
 
 

@@ -75,11 +75,10 @@ def t2i_inputs(latents: torch.Tensor, text: TextCondition, null: TextCondition, 
     return dict(x0=x0, noise=noise, t=timesteps(B, schedule, gen), context=text.context, masks=text.masks)
 
 
-def video_inputs(latents, text, null, cfg, schedule, gen) -> dict:
-    """Image-to-video: frame 0 of the clip is the known frame (§3.2), with IP2P-style disjoint
-    text / image / both dropout (5% each by default) for dual guidance."""
-    B, _, T = latents.shape[:3]
-    cond, mask = cond_lib.first_frame(latents[:, :, 0], T)
+def with_dropout_and_noise(latents, cond, mask, text, null, cfg, schedule, gen) -> dict:
+    """IP2P-style disjoint text / image / both condition dropout (5% each by default) for dual
+    guidance, then the diffusion noise and timesteps; the draw order is fixed for exact resume."""
+    B = latents.shape[0]
     d = cfg.diffusion
     drop_t, drop_i = cond_lib.condition_dropout(B, d.p_drop_text, d.p_drop_image, d.p_drop_both, generator=gen)
     cond, mask = cond_lib.drop_image(cond, mask, drop_i)
@@ -87,6 +86,14 @@ def video_inputs(latents, text, null, cfg, schedule, gen) -> dict:
     noise = torch.randn(latents.shape, generator=gen)
     return dict(x0=latents, noise=noise, t=timesteps(B, schedule, gen), context=text.context, masks=text.masks,
                 cond=cond, mask=mask)
+
+
+def video_inputs(latents, text, null, cfg, schedule, gen) -> dict:
+    """Image-to-video: frame 0 of the clip is the known frame (§3.2), with IP2P-style disjoint
+    text / image / both dropout (5% each by default) for dual guidance."""
+    B, _, T = latents.shape[:3]
+    cond, mask = cond_lib.first_frame(latents[:, :, 0], T)
+    return with_dropout_and_noise(latents, cond, mask, text, null, cfg, schedule, gen)
 
 
 def interp_inputs(latents, text, null, cfg, schedule, gen) -> dict:
@@ -97,13 +104,7 @@ def interp_inputs(latents, text, null, cfg, schedule, gen) -> dict:
     cond, mask = cond_lib.interpolation(latents[:, :, ::k], k)
     tau = cond_lib.sample_aug_timesteps(B, cfg.diffusion.cond_noise_max, generator=gen)
     cond = cond_lib.noise_augment(cond, mask, schedule, tau, generator=gen)
-    d = cfg.diffusion
-    drop_t, drop_i = cond_lib.condition_dropout(B, d.p_drop_text, d.p_drop_image, d.p_drop_both, generator=gen)
-    cond, mask = cond_lib.drop_image(cond, mask, drop_i)
-    text = text_dropout(text, null, drop_t)
-    noise = torch.randn(latents.shape, generator=gen)
-    return dict(x0=latents, noise=noise, t=timesteps(B, schedule, gen), context=text.context, masks=text.masks,
-                cond=cond, mask=mask)
+    return with_dropout_and_noise(latents, cond, mask, text, null, cfg, schedule, gen)
 
 
 STAGE_INPUTS = {"t2i": t2i_inputs, "video": video_inputs, "interp": interp_inputs}

@@ -18,7 +18,9 @@ from . import distributed as dist_lib
 from . import loop
 from .config import TrainConfig, load_config
 from .data import MANIFEST, VideoDataset
+from .ema import EMA
 from .stages import make_stage
+from .state import full_tensor
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -61,12 +63,34 @@ def train(cfg: TrainConfig, log=print) -> dict:
         if stage.cache is not None:     # counted in this process (num_workers = 0) or its workers
             result["cache"] = {"hits": stage.cache.hits, "misses": stage.cache.misses}
         if result["finished"]:
+            if info.enabled and cfg.dist.strategy == "fsdp":
+                stage, result = unsharded(stage, result, cfg, info, dataset, config_json)
             result["export"] = export(stage, out_dir, result["ema"], info, cfg)
             result["samples"] = loop.validate(stage, out_dir, result["step"], result["ema"], info)
             log(f"exported {result['export']}")
         return result
     finally:
         dist_lib.cleanup()
+
+
+def unsharded(stage, result: dict, cfg: TrainConfig, info, dataset, config_json: str):
+    """FSDP2: every rank gathers the full trained weights and EMA (a collective); rank 0 loads them
+    into a fresh, unsharded copy of the stage, so export and sampling — rank 0 alone — run as they do
+    in a single process. Returns (stage, result) with result["params"] / ["ema"] holding full tensors."""
+    full = {k: full_tensor(p.detach()) for k, p in result["params"].items()}
+    ema = result["ema"]
+    shadow = {k: full_tensor(v) for k, v in ema.shadow.items()} if ema is not None else None
+    if not info.is_main:
+        return stage, {**result, "params": full, "ema": None}
+    torch.manual_seed(cfg.seed)          # the same frozen weights as the sharded copy started from
+    fresh = make_stage(cfg, info.device, dataset, config_json)
+    with torch.no_grad():
+        for k, p in fresh.trainable.items():
+            p.copy_(full[k])
+    if ema is not None:
+        ema = EMA(fresh.trainable, cfg.ema.decay, cfg.ema.warmup)
+        ema.load_state(shadow, result["ema"].num_updates)
+    return fresh, {**result, "params": fresh.trainable, "ema": ema}
 
 
 def export(stage, out_dir: Path, ema, info, cfg: TrainConfig) -> dict:
