@@ -132,7 +132,7 @@ class ValidationSection:
 
 @dataclass
 class DistSection:
-    strategy: str = "ddp"                 # ddp | fsdp (FSDP2 fully_shard; untested on CPU)
+    strategy: str = "ddp"                 # ddp | fsdp (FSDP2 fully_shard; tested on CPU/gloo)
     backend: str = "auto"                 # auto = nccl on CUDA, gloo on CPU
 
 

@@ -92,7 +92,9 @@ def wrap(model: torch.nn.Module, info: DistInfo, strategy: str,
 
 
 # Sharding units: the U-Net's blocks (§3.2's F and I) and the autoencoder's encoder / decoder.
-# Each is gathered just before it runs and freed after, so only one unit is ever whole.
+# Each is gathered by its own forward hook just before it runs and freed after, so only one unit is
+# whole at a time. A unit must be entered through its forward: input_blocks[0] is not (the U-Net
+# calls its InputConv directly), so that one conv stays with the root.
 SHARD_UNITS = ("input_blocks", "middle_block", "output_blocks", "encoder", "decoder")
 
 
@@ -105,7 +107,8 @@ def _fully_shard(model: torch.nn.Module) -> None:
             child = module._modules.get(name)
             if child is None:
                 continue
-            units.extend(child if isinstance(child, torch.nn.ModuleList) else [child])
+            blocks = list(child) if isinstance(child, torch.nn.ModuleList) else [child]
+            units.extend(blocks[1:] if name == "input_blocks" else blocks)
     for unit in reversed(units):  # innermost first: FSDP2 shards bottom-up
         fully_shard(unit)
     fully_shard(model)          # the root keeps the rest (time embedding, in/out convs, ...)
