@@ -238,8 +238,17 @@ def bench_main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--json", help="also write the rows as JSON here")
+    p.add_argument("--params", action="store_true",
+                   help="only print each preset's spatial/temporal parameter counts (built on the meta device)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.params:
+        from .model.presets import PRESETS, count_parameters
+        print("| preset | spatial (frozen) | temporal (trainable) |\n|---|---|---|")
+        for name, make in PRESETS.items():
+            n = count_parameters(make())
+            print(f"| {name} | {n['spatial'] / 1e6:,.2f}M | {n['temporal'] / 1e6:,.2f}M |")
+        return 0
     if args.worker:
         print(json.dumps(worker(args)))
         return 0
