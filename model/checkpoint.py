@@ -27,12 +27,20 @@ class CheckpointError(InputError):
     """A checkpoint file is missing, unsafe, of another kind, or does not fit its config."""
 
 
-def check_safetensors_path(path) -> Path:
-    """Refuse missing files and pickle formats with a message that says what to do."""
+def refuse_pickle(path) -> None:
+    """Weights are safetensors only: every loader calls this before touching a file."""
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise CheckpointError(f"{path.name}: pickle checkpoints ({path.suffix}) are never loaded because "
-                              f"unpickling can run arbitrary code; convert it to .safetensors first")
+                              f"unpickling can run arbitrary code; convert it to .safetensors first (in a "
+                              f"trusted environment: safetensors.torch.save_file(torch.load(f, "
+                              f"weights_only=True), 'model.safetensors'))")
+
+
+def check_safetensors_path(path) -> Path:
+    """Refuse missing files and pickle formats with a message that says what to do."""
+    path = Path(path)
+    refuse_pickle(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}; check the path or put the file in the models folder")
     if path.suffix.lower() != ".safetensors":
@@ -52,12 +60,19 @@ def atomic_save(tensors: dict[str, torch.Tensor], path, metadata: dict[str, str]
     try:
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         save_file(tensors, tmp, metadata={k: str(v) for k, v in metadata.items()})
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a model file should be readable like any other
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_metadata(path) -> dict[str, str]:

@@ -16,6 +16,20 @@ def tiny_config() -> ModelConfig:
     return ModelConfig(unet=unet, text_encoders=encoders, num_frames=8, resolution=128)
 
 
+def demo_config() -> ModelConfig:
+    """The shipped toy-world demo model (~6M parameters): 64 px frames → 16×16×4 VAE latents.
+
+    Wider than `tiny` and with attention at the two lower-resolution levels (16→8→4 latent px), where
+    cross-attention is cheap on CPU and sees the whole object; 64-d text encoders.
+    """
+    encoders = (TextEncoderConfig(name="t5", kind="t5", dim=64, max_length=16),
+                TextEncoderConfig(name="clip", kind="clip", dim=64, max_length=16))
+    unet = UNetConfig(latent_channels=4, model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=1,
+                      attention_levels=(1, 2), num_heads=4, norm_groups=16,
+                      context_dims=tuple(e.dim for e in encoders), temporal_head_dim=32, max_frames=32)
+    return ModelConfig(unet=unet, text_encoders=encoders, num_frames=8, resolution=64)
+
+
 def paper_config() -> ModelConfig:
     """Emu-like F (§3.3): 8-channel latent, T5-XL (2048) and CLIP-L (768) cross-attention.
 
@@ -43,7 +57,7 @@ def count_parameters(cfg: ModelConfig | UNetConfig) -> dict[str, int]:
             "temporal": sum(p.numel() for p in model.temporal_parameters())}
 
 
-PRESETS = {"tiny": tiny_config, "paper": paper_config}
+PRESETS = {"tiny": tiny_config, "demo": demo_config, "paper": paper_config}
 
 
 def get_preset(name: str) -> ModelConfig:

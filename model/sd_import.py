@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from .checkpoint import refuse_pickle
 from .config import InputError, UNetConfig
 from .unet import EmuUNet, is_temporal_key
 
 LDM_UNET_PREFIX = "model.diffusion_model."
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
 # ---------------------------------------------------------------------------- reading files
@@ -29,7 +29,7 @@ def read_ldm_unet_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     Only the U-Net is read (the VAE and text encoder in the same file are skipped)."""
     path = Path(path)
-    _refuse_pickle(path)
+    refuse_pickle(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file; pass an SD 1.x/2.x .safetensors checkpoint")
     with safe_open(str(path), framework="pt") as f:
@@ -41,12 +41,6 @@ def read_ldm_unet_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return {k: f.get_tensor(k) for k in keys}
     raise InputError(f"{path}: no Stable Diffusion U-Net weights found (expected keys starting with "
                      f"'{LDM_UNET_PREFIX}' or a bare 'input_blocks.0.0.weight'); is this a VAE/text-encoder file?")
-
-
-def _refuse_pickle(path: Path) -> None:
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise InputError(f"{path}: pickle checkpoints ({path.suffix}) can run arbitrary code and are not loaded; "
-                         f"convert it to .safetensors first (e.g. with the safetensors convert tools) and pass that file")
 
 
 # ---------------------------------------------------------------------------- config inference

@@ -20,7 +20,7 @@ from tokenizers import Tokenizer
 
 from .conditioning import TextCondition
 from .config import ConfigError, InputError, TextEncoderConfig, from_json, to_json
-from .vae import write_safetensors_atomic
+from .checkpoint import atomic_save, refuse_pickle
 
 KINDS = ("t5", "clip")
 _MODEL_CLASS = {"t5": transformers.T5EncoderModel, "clip": transformers.CLIPTextModel}
@@ -31,7 +31,6 @@ _DEFAULT_SPECIALS = {"t5": {"pad_token": "<pad>", "eos_token": "</s>", "unk_toke
 _SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 # Marker keys (after their prefix) that identify each single-file layout.
 _MARKERS = {"clip": "encoder.layers.0.mlp.fc1.weight", "t5": "encoder.block.0.layer.0.SelfAttention.q.weight"}
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
 # --------------------------------------------------------------------------- encoders
@@ -164,8 +163,7 @@ def _model_from_folder(folder: Path, kind: str | None):
 
 
 def _model_from_file(path: Path, kind: str | None):
-    if path.suffix.lower() in _PICKLE_SUFFIXES:
-        raise InputError(f"{path.name}: pickle checkpoints are not loaded (they can run code); convert to .safetensors")
+    refuse_pickle(path)
     try:
         with safe_open(str(path), "pt") as f:
             meta, sd = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
@@ -314,4 +312,4 @@ def save_text_encoder(encoder: TextEncoder, path: str | os.PathLike) -> None:
     meta = {"format": "emu_video", "kind": "text_encoder", "config": to_json(encoder.cfg),
             "hf_config": encoder.model.config.to_json_string(), "tokenizer.json": backend.to_str(),
             "tokenizer_special_tokens": json.dumps(specials)}
-    write_safetensors_atomic(sd, path, meta)
+    atomic_save(sd, path, meta)

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -19,8 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
 
+from .checkpoint import atomic_save, refuse_pickle
 from .config import ConfigError, InputError, VAEConfig, from_json, to_json
 
 SD_SCALE_FACTOR = 0.18215   # SD 1.x/2.x 4-channel VAE; other VAEs must state theirs
@@ -273,20 +272,7 @@ def _validate(cfg: VAEConfig) -> None:
 def save_vae(vae: AutoencoderKL, path: str | os.PathLike) -> None:
     """Write our format: LDM-named weights + {"format", "kind", "config"} metadata, atomically."""
     meta = {"format": "emu_video", "kind": "vae", "config": to_json(vae.cfg)}
-    write_safetensors_atomic({k: v.detach().contiguous().cpu() for k, v in vae.state_dict().items()}, path, meta)
-
-
-def write_safetensors_atomic(tensors: dict, path: str | os.PathLike, metadata: dict[str, str]) -> None:
-    """Write to a temp file in the same folder, then os.replace: a crash never leaves half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_save(vae.state_dict(), path, meta)
 
 
 def load_vae(path: str | os.PathLike, scale_factor: float | None = None, shift_factor: float | None = None,
@@ -309,10 +295,7 @@ def load_vae(path: str | os.PathLike, scale_factor: float | None = None, shift_f
 def _read_single_file(path: Path, scale_given: bool) -> tuple[VAEConfig, dict]:
     if not path.exists():
         raise InputError(f"VAE file not found: {path}")
-    if path.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
-        raise InputError(f"{path.name}: pickle checkpoints are not loaded (they can run code). Convert it to "
-                         f".safetensors first, e.g. with safetensors.torch.save_file(torch.load(..., "
-                         f"weights_only=True)['state_dict'], 'vae.safetensors') in a trusted environment")
+    refuse_pickle(path)
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
