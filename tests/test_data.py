@@ -128,3 +128,16 @@ def test_callable_augment_is_seeded(toy):
     assert torch.equal(ds[1]["video"], ds[1]["video"])
     assert not torch.equal(ds[1]["video"], plain[1]["video"])
     assert not torch.equal(ds[1]["video"], ds[2]["video"])
+
+
+def test_color_augment_is_one_kornia_transform_per_clip(toy):
+    from emu_video.trainer.data import color_jitter
+    still = torch.rand(1, 3, 1, 16, 16).repeat(1, 1, 6, 1, 1)          # six identical frames
+    torch.manual_seed(0)
+    out = color_jitter(0.3)(still)
+    assert out.shape == still.shape and not torch.allclose(out, still)
+    assert torch.allclose(out, out[:, :, :1].expand_as(out)), "every frame must get the same jitter"
+    ds = VideoDataset(toy, num_frames=4, fps=8, size=16, start="center", augment="color")
+    plain = VideoDataset(toy, num_frames=4, fps=8, size=16, start="center")
+    assert torch.equal(ds[1]["video"], ds[1]["video"])                  # seeded per (seed, epoch, index)
+    assert not torch.equal(ds[1]["video"], plain[1]["video"])

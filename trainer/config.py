@@ -65,7 +65,7 @@ class DataSection:
     size: int = 32                        # square crop, pixels
     batch_size: int = 2                   # per rank, per micro-step
     start: str = "random"                 # clip start: random | center (center is needed by the cache)
-    augment: str = ""                     # "" | "flip" (also swaps left/right in the caption)
+    augment: str = ""                     # "" | "flip" (also swaps left/right in the caption) | "color"
     num_workers: int = 0
 
 

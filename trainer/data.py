@@ -95,11 +95,21 @@ def resize_center_crop(video: torch.Tensor, size: int) -> torch.Tensor:
     return center_crop(video, (size, size))
 
 
+def color_jitter(strength: float = 0.1):
+    """Mild colour jitter with ONE set of parameters per clip (kornia VideoSequential, same_on_frame):
+    per-frame jitter would be flicker the video model learns to reproduce."""
+    from kornia.augmentation import ColorJiggle, VideoSequential
+
+    return VideoSequential(ColorJiggle(strength, strength, strength, 0.0, p=1.0),
+                           data_format="BCTHW", same_on_frame=True)
+
+
 class VideoDataset(torch.utils.data.Dataset):
     """Items: dict(video float [3,T,H,W] in -1..1, caption str, index int).
 
     augment: None (default: no augmentation) | "flip" (horizontal flip with p=0.5 that also swaps
-    'left'/'right' in the caption, keeping text and motion consistent) | a callable taking and
+    'left'/'right' in the caption, keeping text and motion consistent) | "color" (`color_jitter()`:
+    brightness/contrast/saturation, hue untouched so colour words stay true) | a callable taking and
     returning [1,3,T,H,W] in 0..1, e.g. kornia.augmentation.VideoSequential(..., data_format="BCTHW")
     (same parameters on every frame); it runs under a torch RNG seeded from (seed, epoch, index).
     A callable that flips must fix captions itself — prefer "flip" for that.
@@ -109,8 +119,10 @@ class VideoDataset(torch.utils.data.Dataset):
                  augment=None, seed: int = 0, manifest: str = MANIFEST, scan: bool = True):
         if start not in ("random", "center"):
             raise InputError(f"start must be 'random' or 'center', got {start!r}")
+        if augment == "color":
+            augment = color_jitter()
         if augment not in (None, "flip") and not callable(augment):
-            raise InputError(f"augment must be None, 'flip' or a callable, got {augment!r}")
+            raise InputError(f"augment must be None, 'flip', 'color' or a callable, got {augment!r}")
         if num_frames < 1 or size < 1:
             raise InputError(f"num_frames and size must be positive (got {num_frames}, {size})")
         self.root, self.num_frames, self.fps, self.size = root, num_frames, fps, size
