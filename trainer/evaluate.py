@@ -57,6 +57,7 @@ class EvalSettings:
     text_cfg: float = 7.5
     rescale: float = 0.7
     device: str | None = None
+    direct: bool = False       # direct text-to-video (Table 1a baseline): no first frame, no animate section
 
 
 # --------------------------------------------------------------------------- prompts
@@ -104,6 +105,7 @@ class EvalPipeline:
         self.size = settings.size or self.F.config.resolution
         self.frames = pipeline.check_frames(settings.frames or self.F.config.num_frames, self.F.config)
         self.vae_factor = self.vae.cfg.downsample_factor
+        self.direct = settings.direct
         pipeline.latent_size(self.size, self.size, self.F.config, self.vae_factor)   # fail before sampling
 
     @property
@@ -129,8 +131,15 @@ class EvalPipeline:
                                   self.sampler, seed, factor=self.factor)
 
     def text_to_video(self, caption: str, seed: int) -> np.ndarray:
-        """§3.2: first frame from text, video from text + frame, then interpolation when available."""
+        """§3.2: first frame from text, video from text + frame, then interpolation when available.
+        Direct mode (Table 1a's baseline) samples the video from the text alone, with no known frame."""
         text, null = self._text(caption)
+        if self.direct:
+            video = self.p.generate_video(self.F.unet, self.schedule, self.F.config, text, null, self.sampler, None,
+                                          self.frames, seed, self.size, self.size, self.vae_factor)
+            if self.interp is not None:
+                video = self._interpolate(video, text, null, seed)
+            return self._pixels(video)
         first = self.p.generate_first_frame(self.F.unet, self.schedule, self.F.config, text, null, self.sampler,
                                             self.size, self.size, seed, self.vae_factor)
         image = self.p.decode(self.vae, first)[:, 0]
@@ -287,7 +296,8 @@ def evaluate(model_dir, out, prompts: list[dict], settings: EvalSettings, progre
     device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipe = EvalPipeline(cli.load_model_set(paths, device=device), settings)
     text = eval_text(pipe, prompts, settings.seed, progress)
-    animate = eval_animate(pipe, prompts, settings.seed, progress)
+    # a direct text-to-video model was trained without image conditioning: there is nothing to animate
+    animate = [] if settings.direct else eval_animate(pipe, prompts, settings.seed, progress)
     held = [p for p in prompts if p["group"] == "held_out"] or prompts
     interp = eval_interp(pipe, held, settings.seed, progress) if pipe.interp is not None else []
     recorded = dict(model_dir=str(model_dir), **{f"{k}_file": p.name for k, p in paths.items() if p.exists()},
@@ -348,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-cfg", type=float, default=d.text_cfg)
     p.add_argument("--rescale", type=float, default=d.rescale, help="CFG rescale φ (0 = off)")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
+    p.add_argument("--direct", action="store_true",
+                   help="direct text-to-video: sample the video without a first frame (Table 1a baseline)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -355,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
 def eval_main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     settings = EvalSettings(seed=args.seed, steps=args.steps, frames=args.frames, size=args.size,
-                            image_cfg=args.image_cfg, text_cfg=args.text_cfg, rescale=args.rescale, device=args.device)
+                            image_cfg=args.image_cfg, text_cfg=args.text_cfg, rescale=args.rescale, device=args.device,
+                            direct=args.direct)
     try:
         prompts = read_prompts(args.prompts) if args.prompts else default_prompts(args.held_out, args.seed)
         result = evaluate(args.model, args.out, prompts, settings, progress=not args.quiet)
