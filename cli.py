@@ -1,6 +1,7 @@
 """`emu-video` command line.
 
     emu-video init-models --preset tiny --out DIR       a small random model set (ComfyUI models/ layout)
+    emu-video init-models --preset demo --out DIR       a copy of the shipped trained demo set (demo/)
     emu-video run WORKFLOW.json [--set N.INPUT=V ...]   run a shipped workflow (UI or API format) headlessly
     emu-video generate --prompt "..." --out clip.mp4    text → first frame → video → interpolation → mp4
     emu-video animate --image PIC --prompt "..." --out clip.mp4
@@ -60,8 +61,10 @@ def init_models(out: str | os.PathLike, preset: str = "tiny", seed: int = 0,
     from .model.unet import EmuUNet
     from .model.vae import AutoencoderKL, save_vae
 
+    if preset == "demo":
+        return copy_demo_set(out, input_dir)
     if preset not in INIT_PRESETS:
-        raise CLIError(f"unknown preset {preset!r}; init-models supports {sorted(INIT_PRESETS)} (random weights "
+        raise CLIError(f"unknown preset {preset!r}; init-models supports {sorted([*INIT_PRESETS, 'demo'])} (random weights "
                        f"of a paper-sized model would be ~17 GB and useless)")
     video_cfg, interp_cfg, vae_cfg = INIT_PRESETS[preset]()
     out = Path(out)
@@ -85,6 +88,30 @@ def init_models(out: str | os.PathLike, preset: str = "tiny", seed: int = 0,
     save_text_encoder(encoders["clip"], paths["clip"])
     paths["picture"] = write_example_image(Path(input_dir or _input_dir(out)) / EXAMPLE_IMAGE)
     (out / MANIFEST).write_text(json.dumps(TINY_FILES, indent=2) + "\n")   # last: marks the set complete
+    return paths
+
+
+def copy_demo_set(out: str | os.PathLike, input_dir: str | os.PathLike | None = None) -> dict[str, Path]:
+    """`init-models --preset demo`: copy the shipped trained demo set (demo/) into OUT under the file
+    names the shipped workflows use (TINY_FILES), so every workflow runs on it unchanged."""
+    import shutil
+
+    from .model.video_io import atomic_path
+
+    sources = find_model_set(DEMO_DIR) if DEMO_DIR.is_dir() else None
+    if sources is None or "interp" not in sources or not sources["interp"].exists():
+        raise CLIError(f"no trained demo model in {DEMO_DIR}; build it with `make demo-model` "
+                       f"or use `--preset tiny` for a random model set")
+    out = Path(out)
+    paths = {}
+    for kind, rel in TINY_FILES.items():
+        paths[kind] = out / rel
+        paths[kind].parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(str(paths[kind])) as tmp:
+            shutil.copyfile(sources[kind], tmp)
+    paths["picture"] = write_example_image(Path(input_dir or _input_dir(out)) / EXAMPLE_IMAGE)
+    manifest = dict(TINY_FILES, sampling=model_set_sampling(DEMO_DIR))
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")   # last: marks the set complete
     return paths
 
 
@@ -162,12 +189,20 @@ def find_model_set(model_dir: str | os.PathLike | None) -> dict[str, Path]:
                        "`emu-video init-models --out models` and pass `--model models`")
     manifest = folder / MANIFEST
     files = json.loads(manifest.read_text()) if manifest.is_file() else dict(TINY_FILES)
-    paths = {k: folder / v for k, v in files.items()}
+    paths = {k: folder / v for k, v in files.items() if isinstance(v, str)}   # "sampling" holds defaults
     missing = [f"{k}: {p}" for k, p in paths.items() if k != "interp" and not p.exists()]
     if missing:
         raise CLIError(f"model set in {folder} is incomplete (missing {', '.join(missing)}); run "
                        f"`emu-video init-models --out {folder}` or pass another --model")
     return paths
+
+
+def model_set_sampling(model_dir: str | os.PathLike | None) -> dict:
+    """The sampling defaults a model set's manifest recommends (steps, text_cfg, ...), or {}."""
+    manifest = (Path(model_dir) if model_dir else DEMO_DIR) / MANIFEST
+    if not manifest.is_file():
+        return {}
+    return dict(json.loads(manifest.read_text()).get("sampling") or {})
 
 
 def load_model_set(paths: dict[str, Path], device=None, dtype=None) -> dict:
@@ -201,8 +236,7 @@ def make_video(args, image=None) -> Path:
     cfg = F.config
     height, width = args.height or cfg.resolution, args.width or cfg.resolution
     frames = args.frames or cfg.num_frames
-    settings = SamplerSettings(steps=args.steps, image_cfg=args.image_cfg, text_cfg=args.text_cfg,
-                               rescale=args.rescale)
+    settings = SamplerSettings(**sampling_settings(args))
     schedule = F.schedule
     text, null = pipeline.encode_prompts(models["text"], args.prompt, args.negative)
     if image is None:
@@ -226,6 +260,16 @@ def make_video(args, image=None) -> Path:
     write_mp4(pixels[0], str(out), fps)
     print(f"wrote {out} ({pixels.shape[1]} frames, {pixels.shape[3]}x{pixels.shape[2]}, {fps} fps)")
     return out
+
+
+SAMPLING_FALLBACK = {"steps": 50, "image_cfg": 1.5, "text_cfg": 7.5, "rescale": 0.7}
+
+
+def sampling_settings(args) -> dict:
+    """Sampler arguments: what the user gave, else the model set's manifest defaults, else SAMPLING_FALLBACK."""
+    recommended = model_set_sampling(args.model)
+    return {k: getattr(args, k) if getattr(args, k) is not None else recommended.get(k, fallback)
+            for k, fallback in SAMPLING_FALLBACK.items()}
 
 
 def read_picture(path: str | os.PathLike):
@@ -299,12 +343,12 @@ def _add_sampling_args(p):
     p.add_argument("--model", default=None, help="model set folder (default: the shipped demo model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--frames", type=int, default=0, help="video frames before interpolation (0 = model's)")
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model set's, else 50)")
     p.add_argument("--width", type=int, default=0)
     p.add_argument("--height", type=int, default=0)
-    p.add_argument("--image-cfg", type=float, default=1.5)
-    p.add_argument("--text-cfg", type=float, default=7.5)
-    p.add_argument("--rescale", type=float, default=0.7, help="CFG rescale φ (0 = off)")
+    p.add_argument("--image-cfg", type=float, default=None, help="image guidance (default: the model set's, else 1.5)")
+    p.add_argument("--text-cfg", type=float, default=None, help="text guidance (default: the model set's, else 7.5)")
+    p.add_argument("--rescale", type=float, default=None, help="CFG rescale φ, 0 = off (default: the model set's, else 0.7)")
     p.add_argument("--resize", choices=["crop", "pad", "stretch"], default="crop",
                    help="how a picture is fitted to the model size (default: short-side resize + centre crop)")
     p.add_argument("--no-interp", action="store_true", help="skip the interpolation model")
@@ -316,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("init-models", help="write a small random model set (ComfyUI models/ layout)")
-    p.add_argument("--preset", default="tiny", help=f"one of {sorted(INIT_PRESETS)}")
+    p.add_argument("--preset", default="tiny", help=f"one of {sorted([*INIT_PRESETS, 'demo'])} (demo: copy the "
+                                                    f"shipped trained model under the workflows' file names)")
     p.add_argument("--out", required=True, help="models folder (e.g. ComfyUI/models)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--input-dir", default=None, help=f"where to write {EXAMPLE_IMAGE} (default: ComfyUI's input/ "

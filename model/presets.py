@@ -17,16 +17,17 @@ def tiny_config() -> ModelConfig:
 
 
 def demo_config() -> ModelConfig:
-    """The shipped toy-world demo model (~6M parameters): 64 px frames → 16×16×4 VAE latents.
+    """The shipped toy-world demo model (~5M parameters): 64 px frames → 16×16×4 VAE latents.
 
     Wider than `tiny` and with attention at the two lower-resolution levels (16→8→4 latent px), where
-    cross-attention is cheap on CPU and sees the whole object; 64-d text encoders.
+    cross-attention is cheap on CPU and sees the whole object; 64-d text encoders. Sized so that F and
+    I in fp16 plus VAE and encoders ship in under 30 MB and the chain trains in ~1 CPU-hour.
     """
     encoders = (TextEncoderConfig(name="t5", kind="t5", dim=64, max_length=16),
                 TextEncoderConfig(name="clip", kind="clip", dim=64, max_length=16))
-    unet = UNetConfig(latent_channels=4, model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=1,
+    unet = UNetConfig(latent_channels=4, model_channels=48, channel_mult=(1, 2, 2), num_res_blocks=1,
                       attention_levels=(1, 2), num_heads=4, norm_groups=16,
-                      context_dims=tuple(e.dim for e in encoders), temporal_head_dim=32, max_frames=32)
+                      context_dims=tuple(e.dim for e in encoders), temporal_head_dim=24, max_frames=32)
     return ModelConfig(unet=unet, text_encoders=encoders, num_frames=8, resolution=64)
 
 

@@ -1,0 +1,92 @@
+"""The shipped demo model set (demo/) and its assembly (trainer/demo.py)."""
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from emu_video import cli
+from emu_video.model.video_io import probe
+from emu_video.trainer import demo
+
+PROMPT = "a red circle moving quickly right on a black background"
+
+
+@pytest.fixture()
+def fake_runs(model_dir, tmp_path):
+    """A demo chain's export folders, filled with the tiny random model set."""
+    runs = tmp_path / "runs"
+    for kind, rel in demo.EXPORTS.items():
+        (runs / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(model_dir / cli.TINY_FILES[kind], runs / rel)
+    return runs
+
+
+def test_assemble_writes_a_loadable_set_with_fp16_unets(fake_runs, tmp_path):
+    out = tmp_path / "demo"
+    demo.assemble(fake_runs, out, dict(steps=7, text_cfg=3.0))
+    paths = cli.find_model_set(out)
+    assert set(paths) == set(demo.DEMO_FILES)
+    with safe_open(str(paths["video"]), "pt") as f:
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+    assert dtypes == {torch.float16}
+    models = cli.load_model_set(paths)
+    assert next(models["video"].unet.parameters()).dtype == torch.float32    # cast back on load
+    assert cli.model_set_sampling(out) == dict(steps=7, text_cfg=3.0)
+
+
+def test_assemble_names_missing_exports(tmp_path):
+    with pytest.raises(FileNotFoundError, match="make demo-model"):
+        demo.assemble(tmp_path / "nothing", tmp_path / "demo")
+
+
+def test_manifest_sampling_defaults_and_user_overrides(fake_runs, tmp_path):
+    out = tmp_path / "demo"
+    demo.assemble(fake_runs, out, dict(steps=7, text_cfg=3.0))
+    args = cli.build_parser().parse_args(["generate", "--prompt", PROMPT, "--model", str(out), "--text-cfg", "2"])
+    settings = cli.sampling_settings(args)
+    assert settings["steps"] == 7 and settings["text_cfg"] == 2.0
+    assert settings["image_cfg"] == cli.SAMPLING_FALLBACK["image_cfg"]
+
+
+def test_init_models_demo_copies_under_workflow_names(fake_runs, tmp_path, monkeypatch):
+    source = tmp_path / "demo"
+    demo.assemble(fake_runs, source, dict(steps=5))
+    monkeypatch.setattr(cli, "DEMO_DIR", source)
+    out = tmp_path / "models"
+    assert cli.main(["init-models", "--preset", "demo", "--out", str(out)]) == 0
+    paths = cli.find_model_set(out)
+    for kind, rel in cli.TINY_FILES.items():
+        assert paths[kind] == out / rel
+        assert paths[kind].read_bytes() == (source / demo.DEMO_FILES[kind]).read_bytes()
+    assert json.loads((out / cli.MANIFEST).read_text())["sampling"] == {"steps": 5}
+
+
+def test_init_models_demo_without_shipped_set_says_what_to_do(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "DEMO_DIR", tmp_path / "no_demo")
+    assert cli.main(["init-models", "--preset", "demo", "--out", str(tmp_path / "m")]) == 2
+    assert "make demo-model" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the shipped set
+
+def test_shipped_demo_set_loads_and_fits_the_budget():
+    paths = cli.find_model_set(None)                 # None = the shipped demo/
+    assert all(p.parent.is_relative_to(cli.DEMO_DIR) for p in paths.values())
+    models = cli.load_model_set(paths)
+    assert {"video", "interp", "vae", "text"} <= set(models)
+    assert models["video"].config.kind == "video" and models["interp"].config.kind == "interp"
+    total = sum(p.stat().st_size for p in cli.DEMO_DIR.rglob("*") if p.is_file())
+    assert total <= 30 * 2**20
+    assert not [p for p in cli.DEMO_DIR.rglob("*") if p.suffix in (".pt", ".pth", ".ckpt", ".bin")]
+    assert (cli.DEMO_DIR / "MODEL_CARD.md").is_file()
+
+
+def test_generate_defaults_to_the_shipped_demo(tmp_path, capsys):
+    out = tmp_path / "clip.mp4"
+    assert cli.main(["generate", "--prompt", PROMPT, "--out", str(out), "--steps", "2"]) == 0, capsys.readouterr().err
+    info = probe(str(out))
+    video = cli.load_model_set(cli.find_model_set(None))
+    factor = video["interp"].config.interp_factor
+    assert info["frames"] == (video["video"].config.num_frames - 1) * factor + 1
