@@ -172,3 +172,9 @@ def test_bad_prompt_file_is_a_clear_error(model_dir, tmp_path, capsys):
     f.write_text("a cat on a mat\n")
     assert ev.eval_main(["--model", str(model_dir), "--out", str(tmp_path / "o"), "--prompts", str(f)]) == 1
     assert "toy-world caption" in capsys.readouterr().err
+
+
+def test_pooled_psnr_stays_finite_when_one_clip_is_exact():
+    from emu_video.trainer.eval_metrics import pooled_psnr
+    assert pooled_psnr([0.0, 0.0]) == float("inf")
+    assert pooled_psnr([0.0, 65.025]) == pytest.approx(10 * np.log10(255 ** 2 / 32.5125))

@@ -67,6 +67,21 @@ def psnr(a, b, peak: float = 255.0) -> float:
     return math.inf if mse == 0 else 10.0 * math.log10(peak * peak / mse)
 
 
+def mse(a, b) -> float:
+    """Mean squared error of two equally shaped uint8 images or frame stacks."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        raise InputError(f"MSE needs equally shaped frames, got {a.shape} and {b.shape}")
+    return float(np.mean((a - b) ** 2))
+
+
+def pooled_psnr(errors: list[float], peak: float = 255.0) -> float:
+    """PSNR of the mean MSE over clips: one exact clip (a static object, where linear blending is
+    perfect) does not turn the whole average into inf as a mean of per-clip PSNRs would."""
+    m = float(np.mean(errors))
+    return math.inf if m == 0 else 10.0 * math.log10(peak * peak / m)
+
+
 def keyframe_indices(num_frames: int, factor: int) -> list[int]:
     """Slots of the known frames in an interpolated clip of (K−1)·k+1 frames: 0, k, 2k, …"""
     if factor < 1 or (num_frames - 1) % factor:

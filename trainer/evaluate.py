@@ -40,7 +40,7 @@ METRICS = {
     "temporal.jerk": ("{:.4f}", "mean |centroid 2nd difference| in frame sides (0 = constant velocity)"),
     "zero_snr.black_mean": ("{:.1f}", "mean background level (0..255) of clips prompted black (want ~0)"),
     "zero_snr.white_mean": ("{:.1f}", "mean background level (0..255) of clips prompted white (want ~255)"),
-    "interp.psnr_model": ("{:.2f} dB", "interpolation model: PSNR of in-between frames vs the true ones"),
+    "interp.psnr_model": ("{:.2f} dB", "interpolation model: PSNR (pooled MSE over clips) of in-between frames vs the true ones"),
     "interp.psnr_linear": ("{:.2f} dB", "baseline: linear blend of the same key frames, same in-betweens"),
 }
 GROUPS = {"held_out": "held-out (generalisation)", "seen": "seen combinations",
@@ -198,8 +198,8 @@ def eval_interp(pipe: EvalPipeline, prompts: list[dict], seed: int, progress: bo
         truth = tw.render_clip(p["attributes"], pipe.size, length, seed=[seed, 0x1E7, i])
         model = pipe.interpolate_frames(truth[keys], p["caption"], seed + i)
         linear = em.linear_blend(truth[keys], k)
-        clips.append(dict(p, truth=truth, model=model, linear=linear, psnr_model=em.psnr(model[middle], truth[middle]),
-                          psnr_linear=em.psnr(linear[middle], truth[middle])))
+        clips.append(dict(p, truth=truth, model=model, linear=linear, mse_model=em.mse(model[middle], truth[middle]),
+                          mse_linear=em.mse(linear[middle], truth[middle])))
     return clips
 
 
@@ -216,8 +216,8 @@ def summarise(text: list[dict], animate: list[dict], interp: list[dict], frame_s
     out.update({f"temporal.{k}": v for k, v in temporal.items()})
     zero = em.zero_snr_check([(c["frames"], c["attributes"]) for c in text])
     out.update({f"zero_snr.{k}": v for k, v in zero.items()})
-    out["interp.psnr_model"] = float(np.mean([c["psnr_model"] for c in interp])) if interp else None
-    out["interp.psnr_linear"] = float(np.mean([c["psnr_linear"] for c in interp])) if interp else None
+    out["interp.psnr_model"] = em.pooled_psnr([c["mse_model"] for c in interp]) if interp else None
+    out["interp.psnr_linear"] = em.pooled_psnr([c["mse_linear"] for c in interp]) if interp else None
     out["interp.n"] = len(interp)
     return out
 
