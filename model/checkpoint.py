@@ -32,9 +32,9 @@ def refuse_pickle(path) -> None:
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise CheckpointError(f"{path.name}: pickle checkpoints ({path.suffix}) are never loaded because "
-                              f"unpickling can run arbitrary code; convert it to .safetensors first (in a "
-                              f"trusted environment: safetensors.torch.save_file(torch.load(f, "
-                              f"weights_only=True), 'model.safetensors'))")
+                              f"unpickling can run arbitrary code; convert it to .safetensors first, in a "
+                              f"trusted environment (load it with weights_only=True, save it with "
+                              f"safetensors.torch.save_file)")
 
 
 def check_safetensors_path(path) -> Path:
