@@ -3,13 +3,11 @@ import json
 import re
 
 import pytest
-import torch
 
 from emu_video import cli
 from emu_video.model.config import ConfigError, InputError
 from emu_video.trainer import ablations as ab
 
-torch.set_num_threads(1)   # tiny models: single-threaded is faster on shared CPUs
 
 TINY_BASE = """
 seed = 0

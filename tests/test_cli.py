@@ -9,7 +9,6 @@ from safetensors import safe_open
 from emu_video import cli
 from emu_video.model.video_io import probe
 
-torch.set_num_threads(1)   # tiny models: single-threaded is faster on shared CPUs
 
 PROMPT = "a red circle moving quickly right on a black background"
 

@@ -3,7 +3,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from emu_video import cli
 from emu_video.model.config import InputError
@@ -11,7 +10,6 @@ from emu_video.trainer import eval_metrics as em
 from emu_video.trainer import evaluate as ev
 from emu_video.trainer import toy_world as tw
 
-torch.set_num_threads(1)   # tiny models: single-threaded is faster on shared CPUs
 
 
 def attrs(**kw):

@@ -15,7 +15,6 @@ from emu_video.nodes import loaders as L
 from emu_video.nodes import media_nodes as M
 from emu_video.nodes import sampling_nodes as S
 
-torch.set_num_threads(1)   # tiny models: single-threaded is faster on shared CPUs
 
 PROMPT = "a red circle moving quickly right on a black background"
 

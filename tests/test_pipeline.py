@@ -7,7 +7,6 @@ from emu_video.model import pipeline
 from emu_video.model.config import InputError
 from emu_video.model.sampling import SamplerSettings, SamplingCancelled
 
-torch.set_num_threads(1)   # the tiny models are faster single-threaded, and CI CPUs are shared
 
 PROMPT = "a red circle moving quickly right on a black background"
 SETTINGS = SamplerSettings(steps=2, image_cfg=1.5, text_cfg=3.0, rescale=0.7)

@@ -12,13 +12,6 @@ from emu_video.model.unet import EmuUNet, is_temporal_key
 B, T, H, W = 2, 3, 8, 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: a second OpenMP thread only adds spin-waiting on a shared CPU.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def make_model(temporal=True, seed=0):

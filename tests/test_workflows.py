@@ -3,14 +3,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 import emu_video
 from emu_video import cli
 from emu_video.model.video_io import probe
 from emu_video.nodes.workflow import ui_to_api
 
-torch.set_num_threads(1)   # tiny models: single-threaded is faster on shared CPUs
 
 WORKFLOWS = Path(emu_video.__file__).parent / "workflows"
 NAMES = ["text_to_video", "animate_image", "interpolate", "extend_video"]
