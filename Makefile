@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e ".[dev]"
 	touch $@
 
-.PHONY: test generate bench demo-model
+.PHONY: test generate bench demo-model table1
 test: $(VENV)/.installed
 	$(PY) -m pytest
 
@@ -37,3 +37,10 @@ demo-model: $(VENV)/.installed
 	$(PY) -m emu_video.trainer.demo --runs $(DEMO_RUNS) --out demo $(DEMO_SAMPLING)
 	$(VENV)/bin/emu-video eval --model demo --out docs/demo_eval --held-out 8 $(DEMO_SAMPLING) --quiet
 	$(PY) -m emu_video.trainer.demo --runs $(DEMO_RUNS) --out demo --card docs/demo_eval
+
+# The paper's Table 1 at toy scale (issue 5) → docs/EVAL.md, on the demo's VAE and toy data (run
+# demo-model first). Resumable: finished runs are skipped. ~1.5 h on one core of the 2-core CPU.
+table1: $(VENV)/.installed
+	$(VENV)/bin/emu-video table1 --out runs/table1 --base-config table1_base \
+	  --vae $(DEMO_RUNS)/vae/export/vae.safetensors --set data.root=$(DEMO_RUNS)/data \
+	  --t2i-steps 2000 --steps 600 --held-out 6 --report docs/EVAL.md

@@ -7,7 +7,9 @@ world's vocabulary) and build tiny randomly initialised transformers models arou
 from __future__ import annotations
 
 import json
+import math
 import string
+from collections import Counter
 import tempfile
 from pathlib import Path
 
@@ -72,31 +74,40 @@ def train_clip_tokenizer(corpus: list[str], vocab_size: int = 1000):
 
 def train_t5_tokenizer(corpus: list[str], vocab_size: int = 256):
     """T5-style tokenizer: Unigram over Metaspace pieces, `<pad>`=0 `</s>`=1 `<unk>`=2, every
-    sequence ends in `</s>`. `vocab_size` is an upper bound (a tiny corpus yields fewer pieces)."""
+    sequence ends in `</s>`. `vocab_size` is an upper bound (a tiny corpus yields fewer pieces).
+
+    The pieces are the corpus's whole words (a Unigram model fitted by counting: log unigram
+    frequency), with printable ASCII below them as the fallback, so every word the world knows is
+    ONE token and unknown words still tokenize. tokenizers' UnigramTrainer on a corpus this small
+    kept mostly sub-word fragments, which spread a 10-word caption over ~40 tokens: past any short
+    max_length, T5 never saw the direction or background words.
+    """
     corpus = _check_corpus(corpus)
     tok = Tokenizer(models.Unigram())
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(" {2,}", " ")])
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    tok.train_from_iterator(corpus, trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=list(T5_SPECIALS), unk_token="<unk>", show_progress=False))
-    tok.model = models.Unigram(_deterministic_pieces(tok), unk_id=2, byte_fallback=False)
+    tok.model = models.Unigram(_word_pieces(tok, corpus, vocab_size), unk_id=2, byte_fallback=False)
     tok.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
                                                 unk_token="<unk>")
 
 
-def _deterministic_pieces(tok: Tokenizer) -> list[tuple[str, float]]:
-    """The trainer's scores carry float noise from parallel sums and equal scores come out in hash
-    order: round, sort, and add any missing ASCII character below them so ids are reproducible
-    and printable ASCII is never `<unk>`."""
-    pieces = json.loads(tok.to_str())["model"]["vocab"][len(T5_SPECIALS):]
-    pieces = sorted(((p, round(s, 6)) for p, s in pieces), key=lambda ps: (-ps[1], ps[0]))
-    floor = min((s for _, s in pieces), default=0.0) - 1.0
-    have = {p for p, _ in pieces}
-    missing = [c for c in string.ascii_letters + string.digits + string.punctuation if c not in have]
-    pieces += [(c, floor - 0.01 * i) for i, c in enumerate(missing)]
+def _word_pieces(tok: Tokenizer, corpus: list[str], vocab_size: int) -> list[tuple[str, float]]:
+    """Specials, then whole-word pieces by descending count (ties alphabetical: reproducible ids),
+    then the ASCII fallback scored below every word. Scores are log frequencies, so the Viterbi
+    segmentation of a known word is the word itself (one piece beats any split into characters)."""
+    counts = Counter(piece for line in corpus for piece, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(line)))
+    fallback = ["▁"] + list(string.ascii_letters + string.digits + string.punctuation)
+    room = vocab_size - len(T5_SPECIALS) - len(fallback)
+    if room < 1:
+        raise InputError(f"T5 vocab_size must exceed {len(T5_SPECIALS) + len(fallback)} (specials + ASCII fallback), got {vocab_size}")
+    words = sorted((w for w in counts if w not in fallback), key=lambda w: (-counts[w], w))[:room]
+    total = sum(counts[w] for w in words) or 1
+    pieces = [(w, round(math.log(counts[w] / total), 6)) for w in words]
+    floor = min((s for _, s in pieces), default=0.0) - 10.0
+    pieces += [(c, floor - 0.01 * i) for i, c in enumerate(fallback)]
     return [(p, 0.0) for p in T5_SPECIALS] + pieces
 
 

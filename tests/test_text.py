@@ -42,6 +42,21 @@ def test_tokenizers_have_the_real_special_token_layout():
     assert train_t5_tokenizer(CORPUS).backend_tokenizer.to_str() == t5.backend_tokenizer.to_str()
 
 
+def test_t5_tokenizer_keeps_every_corpus_word_whole():
+    """One token per known word, so a 10-word toy caption fits T5's short max_length (the old
+    UnigramTrainer pieces split it into ~40 fragments and truncation cut direction and background)."""
+    from emu_video.trainer.build import toy_corpus
+    t5 = train_t5_tokenizer(toy_corpus())
+    caption = "a magenta triangle moving quickly right on a white background"
+    assert t5.tokenize(caption) == ["▁" + w for w in caption.split()]
+    assert len(t5(caption)["input_ids"]) == 11                           # 10 words + </s>
+    assert t5.tokenize("a zebra") == ["▁a", "▁", "z", "e", "b", "r", "a"]  # unknown word: ASCII fallback
+    assert t5.decode(t5("a zebra")["input_ids"], skip_special_tokens=True) == "a zebra"
+    assert len(train_t5_tokenizer(toy_corpus(), vocab_size=100)) <= 100
+    with pytest.raises(InputError, match="vocab_size"):
+        train_t5_tokenizer(CORPUS, vocab_size=50)
+
+
 def test_build_is_deterministic_and_leaves_global_rng(encoders):
     torch.manual_seed(123)
     before = torch.rand(1)

@@ -34,6 +34,7 @@ from . import toy_world as tw
 # metric key → (format, what it measures); the order is the report's row order
 METRICS = {
     "animate.psnr_frame0": ("{:.2f} dB", "image faithfulness: PSNR of generated frame 0 vs the conditioning picture"),
+    "animate.psnr_vae": ("{:.2f} dB", "ceiling: PSNR of the conditioning picture after a VAE round trip (no diffusion)"),
     "temporal.visible": ("{:.0%}", "frames in which the oracle finds an object"),
     "temporal.colour": ("{:.0%}", "frames showing the clip's majority object colour"),
     "temporal.size_cv": ("{:.3f}", "object area std/mean across frames (0 = stable)"),
@@ -42,6 +43,7 @@ METRICS = {
     "zero_snr.white_mean": ("{:.1f}", "mean background level (0..255) of clips prompted white (want ~255)"),
     "interp.psnr_model": ("{:.2f} dB", "interpolation model: PSNR (pooled MSE over clips) of in-between frames vs the true ones"),
     "interp.psnr_linear": ("{:.2f} dB", "baseline: linear blend of the same key frames, same in-betweens"),
+    "interp.psnr_vae": ("{:.2f} dB", "ceiling: the true in-betweens after a VAE round trip (what any latent model can reach)"),
 }
 GROUPS = {"held_out": "held-out (generalisation)", "seen": "seen combinations",
           "animate": "animate (ground-truth first frame)", "ceiling": "oracle on rendered truth (ceiling)"}
@@ -152,6 +154,10 @@ class EvalPipeline:
         text, null = self._text(caption)
         return self._pixels(self._video(text, null, self._encode(picture[None]), seed))
 
+    def round_trip(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 frames through VAE encode + decode: the best any latent model can draw them."""
+        return self._pixels(self._encode(frames).permute(1, 0, 2, 3)[None])
+
     def interpolate_frames(self, known: np.ndarray, caption: str, seed: int) -> np.ndarray:
         """K known uint8 frames → (K−1)·k+1 frames through the VAE and the interpolation model."""
         text, null = self._text(caption)
@@ -184,6 +190,7 @@ def eval_animate(pipe: EvalPipeline, prompts: list[dict], seed: int, progress: b
         picture = tw.render_clip(p["attributes"], pipe.size, pipe.frames, seed=[seed, i])[0]
         frames = pipe.animate(picture, p["caption"], seed + i)
         clips.append(dict(p, picture=picture, frames=frames, psnr=em.psnr(frames[0], picture),
+                          psnr_vae=em.psnr(pipe.round_trip(picture[None])[0], picture),
                           judgement=tw.judge(frames, p["attributes"])))
     return clips
 
@@ -199,7 +206,8 @@ def eval_interp(pipe: EvalPipeline, prompts: list[dict], seed: int, progress: bo
         model = pipe.interpolate_frames(truth[keys], p["caption"], seed + i)
         linear = em.linear_blend(truth[keys], k)
         clips.append(dict(p, truth=truth, model=model, linear=linear, mse_model=em.mse(model[middle], truth[middle]),
-                          mse_linear=em.mse(linear[middle], truth[middle])))
+                          mse_linear=em.mse(linear[middle], truth[middle]),
+                          mse_vae=em.mse(pipe.round_trip(truth[middle]), truth[middle])))
     return clips
 
 
@@ -212,12 +220,14 @@ def summarise(text: list[dict], animate: list[dict], interp: list[dict], frame_s
     out.update({f"text.animate.{k}": v for k, v in em.text_faithfulness([c["judgement"] for c in animate]).items()})
     out.update({f"text.ceiling.{k}": v for k, v in em.text_faithfulness([c["ceiling"] for c in text]).items()})
     out["animate.psnr_frame0"] = float(np.mean([c["psnr"] for c in animate])) if animate else None
+    out["animate.psnr_vae"] = float(np.mean([c["psnr_vae"] for c in animate])) if animate else None
     temporal = em.temporal_consistency([c["measurements"] for c in text], frame_size)
     out.update({f"temporal.{k}": v for k, v in temporal.items()})
     zero = em.zero_snr_check([(c["frames"], c["attributes"]) for c in text])
     out.update({f"zero_snr.{k}": v for k, v in zero.items()})
     out["interp.psnr_model"] = em.pooled_psnr([c["mse_model"] for c in interp]) if interp else None
     out["interp.psnr_linear"] = em.pooled_psnr([c["mse_linear"] for c in interp]) if interp else None
+    out["interp.psnr_vae"] = em.pooled_psnr([c["mse_vae"] for c in interp]) if interp else None
     out["interp.n"] = len(interp)
     return out
 
