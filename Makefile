@@ -39,8 +39,8 @@ demo-model: $(VENV)/.installed
 	$(PY) -m emu_video.trainer.demo --runs $(DEMO_RUNS) --out demo --card docs/demo_eval
 
 # The paper's Table 1 at toy scale (issue 5) → docs/EVAL.md, on the demo's VAE and toy data (run
-# demo-model first). Resumable: finished runs are skipped. ~1.5 h on one core of the 2-core CPU.
+# demo-model first). Resumable: finished runs are skipped. ~1 h on one core of the 2-core CPU.
 table1: $(VENV)/.installed
 	$(VENV)/bin/emu-video table1 --out runs/table1 --base-config table1_base \
 	  --vae $(DEMO_RUNS)/vae/export/vae.safetensors --set data.root=$(DEMO_RUNS)/data \
-	  --t2i-steps 2000 --steps 600 --held-out 6 --report docs/EVAL.md
+	  --t2i-steps 1200 --steps 400 --held-out 6 --report docs/EVAL.md

@@ -141,6 +141,7 @@ def test_eval_main_writes_report_metrics_and_sheets(model_dir, tmp_path, capsys)
     assert 0.0 <= m["text.held_out.all"] <= 1.0 and np.isfinite(m["interp.psnr_linear"])
     # the VAE-ceiling rows are real round trips: the tiny random VAE cannot reproduce a clip exactly
     assert 0 < m["animate.psnr_vae"] < 40 and 0 < m["interp.psnr_vae"] < 40
+    assert m["text.vae.n"] == 2 and 0.0 <= m["text.vae.all"] <= 1.0   # the VAE round trip of every prompt is judged too
     assert [c["group"] for c in metrics["clips"]] == ["held_out", "seen"]
     for name in ("t2v_held_out.png", "t2v_seen.png", "animate.png", "interp.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name})" in report

@@ -43,6 +43,7 @@ class VAESection:
     l1_weight: float = 1.0
     l2_weight: float = 1.0
     kl_weight: float = 1e-6               # "small KL": keeps the latent smooth without blurring recon
+    focus_weight: float = 0.0             # > 0: weight pixels by contrast with the frame's border colour (objectives.focus_weights)
 
 
 @dataclass
@@ -188,6 +189,8 @@ class TrainConfig:
             raise ConfigError(f"stage {self.stage!r} needs vae.path (a VAE export, e.g. from the 'vae' stage)")
         if not 0 <= self.ema.decay < 1:
             raise ConfigError(f"ema.decay must be in [0, 1), got {self.ema.decay}")
+        if self.vae.focus_weight < 0:
+            raise ConfigError(f"vae.focus_weight must be >= 0 (0 = plain per-pixel loss), got {self.vae.focus_weight}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -46,7 +46,8 @@ METRICS = {
     "interp.psnr_vae": ("{:.2f} dB", "ceiling: the true in-betweens after a VAE round trip (what any latent model can reach)"),
 }
 GROUPS = {"held_out": "held-out (generalisation)", "seen": "seen combinations",
-          "animate": "animate (ground-truth first frame)", "ceiling": "oracle on rendered truth (ceiling)"}
+          "animate": "animate (ground-truth first frame)", "ceiling": "oracle on rendered truth (ceiling)",
+          "vae": "oracle on the truth after a VAE round trip (the latent's ceiling)"}
 
 
 @dataclass
@@ -180,7 +181,8 @@ def eval_text(pipe: EvalPipeline, prompts: list[dict], seed: int, progress: bool
         # read clips this small (its shape test needs ~64 px to be exact)
         truth = tw.render_clip(p["attributes"], pipe.size, len(frames), seed=[seed, i])
         clips.append(dict(p, frames=frames, measurements=tw.measure_frames(frames),
-                          judgement=tw.judge(frames, p["attributes"]), ceiling=tw.judge(truth, p["attributes"])))
+                          judgement=tw.judge(frames, p["attributes"]), ceiling=tw.judge(truth, p["attributes"]),
+                          vae=tw.judge(pipe.round_trip(truth), p["attributes"])))
     return clips
 
 
@@ -218,7 +220,8 @@ def summarise(text: list[dict], animate: list[dict], interp: list[dict], frame_s
         rates = em.text_faithfulness([c["judgement"] for c in text if c["group"] == group])
         out.update({f"text.{group}.{k}": v for k, v in rates.items()})
     out.update({f"text.animate.{k}": v for k, v in em.text_faithfulness([c["judgement"] for c in animate]).items()})
-    out.update({f"text.ceiling.{k}": v for k, v in em.text_faithfulness([c["ceiling"] for c in text]).items()})
+    for group in ("ceiling", "vae"):
+        out.update({f"text.{group}.{k}": v for k, v in em.text_faithfulness([c[group] for c in text]).items()})
     out["animate.psnr_frame0"] = float(np.mean([c["psnr"] for c in animate])) if animate else None
     out["animate.psnr_vae"] = float(np.mean([c["psnr_vae"] for c in animate])) if animate else None
     temporal = em.temporal_consistency([c["measurements"] for c in text], frame_size)

@@ -51,7 +51,8 @@ class VAEStage:
     def __init__(self, cfg, device, dataset, config_json: str):
         self.cfg, self.device, self.dataset, self.config_json = cfg, device, dataset, config_json
         self.vae = build.vae_for_training(cfg).to(device)
-        self.module = VAELoss(self.vae, cfg.vae.l1_weight, cfg.vae.l2_weight, cfg.vae.kl_weight)
+        self.module = VAELoss(self.vae, cfg.vae.l1_weight, cfg.vae.l2_weight, cfg.vae.kl_weight,
+                              cfg.vae.focus_weight)
         self.trainable = {f"vae.{k}": p for k, p in self.vae.named_parameters()}
 
     def loss(self, module, items: list[dict], gen: torch.Generator) -> torch.Tensor:
