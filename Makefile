@@ -43,4 +43,4 @@ demo-model: $(VENV)/.installed
 table1: $(VENV)/.installed
 	$(VENV)/bin/emu-video table1 --out runs/table1 --base-config table1_base \
 	  --vae $(DEMO_RUNS)/vae/export/vae.safetensors --set data.root=$(DEMO_RUNS)/data \
-	  --t2i-steps 1200 --steps 400 --held-out 6 --report docs/EVAL.md
+	  --t2i-steps 1000 --steps 400 --held-out 6 --report docs/EVAL.md
