@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import math
 import string
-from collections import Counter
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -98,7 +98,8 @@ def _word_pieces(tok: Tokenizer, corpus: list[str], vocab_size: int) -> list[tup
     """Specials, then whole-word pieces by descending count (ties alphabetical: reproducible ids),
     then the ASCII fallback scored below every word. Scores are log frequencies, so the Viterbi
     segmentation of a known word is the word itself (one piece beats any split into characters)."""
-    counts = Counter(piece for line in corpus for piece, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(line)))
+    split = tok.pre_tokenizer.pre_tokenize_str
+    counts = Counter(piece for line in corpus for piece, _ in split(tok.normalizer.normalize_str(line)))
     fallback = ["▁"] + list(string.ascii_letters + string.digits + string.punctuation)
     room = vocab_size - len(T5_SPECIALS) - len(fallback)
     if room < 1:

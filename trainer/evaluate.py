@@ -155,15 +155,17 @@ class EvalPipeline:
         text, null = self._text(caption)
         return self._pixels(self._video(text, null, self._encode(picture[None]), seed))
 
+    def _clip_latents(self, frames: np.ndarray):
+        return self._encode(frames).permute(1, 0, 2, 3)[None]       # [K,C,h,w] → [1,C,K,h,w]
+
     def round_trip(self, frames: np.ndarray) -> np.ndarray:
         """uint8 frames through VAE encode + decode: the best any latent model can draw them."""
-        return self._pixels(self._encode(frames).permute(1, 0, 2, 3)[None])
+        return self._pixels(self._clip_latents(frames))
 
     def interpolate_frames(self, known: np.ndarray, caption: str, seed: int) -> np.ndarray:
         """K known uint8 frames → (K−1)·k+1 frames through the VAE and the interpolation model."""
         text, null = self._text(caption)
-        latents = self._encode(known).permute(1, 0, 2, 3)[None]     # [K,C,h,w] → [1,C,K,h,w]
-        return self._pixels(self._interpolate(latents, text, null, seed))
+        return self._pixels(self._interpolate(self._clip_latents(known), text, null, seed))
 
 
 # --------------------------------------------------------------------------- the sections
