@@ -57,6 +57,23 @@ def test_t5_tokenizer_keeps_every_corpus_word_whole():
         train_t5_tokenizer(CORPUS, vocab_size=50)
 
 
+def test_every_toy_world_caption_is_whole_words_within_max_length():
+    """Every caption the toy world can write — static clips' "standing still" included — is one
+    token per word in both tokenizers and fits max_length 16, so no caption loses its background."""
+    import itertools
+
+    from emu_video.trainer import toy_world as tw
+    from emu_video.trainer.build import toy_corpus
+    t5, clip = train_t5_tokenizer(toy_corpus()), train_clip_tokenizer(toy_corpus())
+    for c, s, m, v, b in itertools.product(tw.COLOURS, tw.SHAPES, tw.MOTIONS, tw.SPEEDS, tw.BACKGROUNDS):
+        caption = tw.caption(dict(colour=c, shape=s, motion=m, speed=v, background=b))
+        words = caption.split()
+        assert t5.tokenize(caption) == ["▁" + w for w in words], caption
+        assert clip.tokenize(caption) == [w + "</w>" for w in words], caption
+        assert len(t5(caption)["input_ids"]) == len(words) + 1 <= 16
+        assert len(clip(caption)["input_ids"]) == len(words) + 2 <= 16
+
+
 def test_build_is_deterministic_and_leaves_global_rng(encoders):
     torch.manual_seed(123)
     before = torch.rand(1)

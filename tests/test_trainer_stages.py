@@ -65,3 +65,10 @@ def test_interp_stage_learns(assets):
     assert sum(losses[-2:]) < 0.8 * sum(losses[:2])
     assert all(is_temporal_key(n) for n in stage.trainable)
     assert stage.model_config.kind == "interp"
+
+
+def test_video_stage_with_focus_weighting_learns(assets):
+    """diffusion.focus_weight reaches the loss module and the focus-weighted loss still trains."""
+    stage, losses = overfit(stage_cfg(assets, "video", init_from=assets["t2i"], **{"diffusion.focus_weight": 10.0}))
+    assert stage.module.focus == 10.0
+    assert sum(losses[-2:]) < 0.8 * sum(losses[:2])

@@ -9,6 +9,7 @@ interp: I = initialised from the video model F; only its temporal parameters are
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import warnings
 
 import torch
@@ -19,7 +20,7 @@ from ..model.presets import get_preset
 from ..model.unet import EmuUNet, is_temporal_key
 from ..model.vae import AutoencoderKL, load_vae
 from .config import TrainConfig
-from .toy_world import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, SPEEDS
+from .toy_world import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, SPEEDS, caption
 
 
 def vae_for_training(cfg: TrainConfig) -> AutoencoderKL:
@@ -97,12 +98,15 @@ def trainable(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
 
 
 def toy_corpus() -> list[str]:
-    """Every word the toy world's captions use, for the tiny tokenizers."""
-    words = [*COLOURS, *BACKGROUNDS, *SHAPES, *MOTIONS, *SPEEDS, "a", "moving", "on", "background", "static",
-             "slowly", "fast", "quickly"]
-    captions = [f"a {c} {s} moving {m} on a {b} background"
-                for c in COLOURS for s in SHAPES for m in MOTIONS for b in BACKGROUNDS]
-    return captions + [" ".join(words)]
+    """Every caption the toy world writes (toy_world.caption over all attribute combinations) plus
+    its loose vocabulary, so the tiny tokenizers hold each caption word whole and a caption fits the
+    encoders' short max_length. Built from `caption` itself: a hand-written caption template here
+    once missed "standing still", whose letter-by-letter pieces pushed the background word past
+    max_length = 16 for every static clip."""
+    combos = itertools.product(COLOURS, SHAPES, MOTIONS, SPEEDS, BACKGROUNDS)
+    captions = [caption(dict(colour=c, shape=s, motion=m, speed=v, background=b)) for c, s, m, v, b in combos]
+    words = [*COLOURS, *BACKGROUNDS, *SHAPES, *MOTIONS, *SPEEDS, "static", "slowly", "quickly"]
+    return list(dict.fromkeys(captions)) + [" ".join(words)]
 
 
 def text_encoders(cfg: TrainConfig, mc: ModelConfig):

@@ -77,6 +77,8 @@ class DiffusionSection:
     p_drop_both: float = 0.05
     interp_factor: int = 4                # interp: K known frames → (K-1)*factor+1 frames
     cond_noise_max: int = 250             # interp: conditioning noise τ ~ U{0..250} (§3.3)
+    focus_weight: float = 0.0             # > 0: weight latent pixels by contrast with the frame's background
+                                          # (objectives.latent_focus_weights); 0 = the paper's plain MSE
 
 
 @dataclass
@@ -189,6 +191,8 @@ class TrainConfig:
             raise ConfigError(f"stage {self.stage!r} needs vae.path (a VAE export, e.g. from the 'vae' stage)")
         if not 0 <= self.ema.decay < 1:
             raise ConfigError(f"ema.decay must be in [0, 1), got {self.ema.decay}")
+        if self.diffusion.focus_weight < 0:
+            raise ConfigError(f"diffusion.focus_weight must be >= 0 (0 = plain MSE), got {self.diffusion.focus_weight}")
         if self.vae.focus_weight < 0:
             raise ConfigError(f"vae.focus_weight must be >= 0 (0 = plain per-pixel loss), got {self.vae.focus_weight}")
 

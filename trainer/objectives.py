@@ -25,6 +25,23 @@ def focus_weights(frames: torch.Tensor, focus: float) -> torch.Tensor:
     return 1 + focus * (frames - background).norm(dim=1, keepdim=True) / (2 * 3 ** 0.5)
 
 
+def latent_focus_weights(latents: torch.Tensor, focus: float) -> torch.Tensor:
+    """focus_weights for the diffusion loss, read off the clean latents themselves (so cached
+    latents need no pixels): [B,C,h,w] or [B,C,T,h,w] → broadcastable weights with channel dim 1.
+
+    A latent vector's distance from its frame's border median is scaled by the frame's largest such
+    distance (latents have no fixed range), so the object and its edges get up to 1 + focus × the
+    weight of the flat background — the same minority-pixel argument as focus_weights, applied to
+    the denoiser, where a plain MSE is met by a background-coloured blob of the right colour."""
+    video = latents.dim() == 5
+    x = latents.transpose(1, 2).flatten(0, 1) if video else latents         # [N,C,h,w] per frame
+    border = torch.cat([x[:, :, 0], x[:, :, -1], x[:, :, :, 0], x[:, :, :, -1]], dim=2)
+    distance = (x - border.median(dim=2).values[:, :, None, None]).norm(dim=1, keepdim=True)
+    scale = distance.flatten(1).amax(dim=1).clamp_min(1e-6)[:, None, None, None]
+    w = 1 + focus * distance / scale
+    return w.unflatten(0, (latents.shape[0], latents.shape[2])).transpose(1, 2) if video else w
+
+
 class VAELoss(nn.Module):
     """Reconstruction (L1 + L2, optionally contrast-weighted: focus_weights) + a small KL to N(0, I)
     on frames as independent images (§3.2)."""
@@ -52,20 +69,24 @@ class VAELoss(nn.Module):
 class DiffusionLoss(nn.Module):
     """MSE to the schedule's target (v on the zero-terminal-SNR schedule, §3.3) for the U-Net.
 
+    focus > 0 weights latent pixels by contrast with the frame's background (latent_focus_weights).
     image mode (t2i): x0 [B, C, h, w], no known frames.
     video mode: x0 [B, C, T, h, w] with cond/mask [known-frame latents | mask] (Fig. 3).
     """
 
-    def __init__(self, unet, schedule, image_mode: bool):
+    def __init__(self, unet, schedule, image_mode: bool, focus: float = 0.0):
         super().__init__()
-        self.unet, self.schedule, self.image_mode = unet, schedule, image_mode
+        self.unet, self.schedule, self.image_mode, self.focus = unet, schedule, image_mode, focus
 
     def forward(self, x0, noise, t, context, masks, cond=None, mask=None) -> torch.Tensor:
         x_t = self.schedule.add_noise(x0, noise, t)
         x_in = x_t if self.image_mode else cond_lib.model_input(x_t, cond, mask)
         out = self.unet(x_in, t, context, masks, image_mode=self.image_mode)
         target = self.schedule.training_target(x0, noise, t)
-        return F.mse_loss(out.float(), target.float())
+        if not self.focus:
+            return F.mse_loss(out.float(), target.float())
+        w = latent_focus_weights(x0.float(), self.focus)
+        return ((out.float() - target.float()).pow(2) * w).mean() / w.mean()
 
 
 # --------------------------------------------------------------------------- per-stage inputs

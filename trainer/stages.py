@@ -109,7 +109,8 @@ class DiffusionStage:
         self.encoders, self.built_text = build.text_encoders(cfg, self.model_config)
         self.encoders.to(device)
         self.null = self.encoders.encode([""]).to(device)
-        self.module = DiffusionLoss(self.unet, self.schedule, image_mode=self.kind == "t2i")
+        self.module = DiffusionLoss(self.unet, self.schedule, image_mode=self.kind == "t2i",
+                                    focus=cfg.diffusion.focus_weight)
         self.trainable = build.trainable(self.unet)
         self.make_inputs = STAGE_INPUTS[self.kind]
         self.cache = self._cache() if cfg.cache.enabled else None
