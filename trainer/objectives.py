@@ -14,15 +14,20 @@ from ..model import conditioning as cond_lib
 from ..model.conditioning import TextCondition
 
 
+def border_median(x: torch.Tensor) -> torch.Tensor:
+    """Per-image median of the outermost ring of pixels [N,C,H,W] → [N,C,1,1]: the background of a
+    frame whose object stays inside it (the toy world's, and most animated pictures')."""
+    border = torch.cat([x[:, :, 0], x[:, :, -1], x[:, :, :, 0], x[:, :, :, -1]], dim=2)
+    return border.median(dim=2).values[:, :, None, None]
+
+
 def focus_weights(frames: torch.Tensor, focus: float) -> torch.Tensor:
     """Per-pixel loss weights [B,1,H,W] = 1 + focus * (distance of the pixel's colour from the frame's
     border median, 0..1). Small objects on a plain background are a few % of the pixels, so a plain
     per-pixel loss is met by drawing them as background-coloured blobs; weighting by contrast with
     the dominant (border) colour gives the minority pixels a share of the gradient that matches
     how much they matter to a viewer. Frames in -1..1; the largest RGB distance is 2*sqrt(3)."""
-    border = torch.cat([frames[:, :, 0], frames[:, :, -1], frames[:, :, :, 0], frames[:, :, :, -1]], dim=2)
-    background = border.median(dim=2).values[:, :, None, None]
-    return 1 + focus * (frames - background).norm(dim=1, keepdim=True) / (2 * 3 ** 0.5)
+    return 1 + focus * (frames - border_median(frames)).norm(dim=1, keepdim=True) / (2 * 3 ** 0.5)
 
 
 def latent_focus_weights(latents: torch.Tensor, focus: float) -> torch.Tensor:
@@ -35,8 +40,7 @@ def latent_focus_weights(latents: torch.Tensor, focus: float) -> torch.Tensor:
     the denoiser, where a plain MSE is met by a background-coloured blob of the right colour."""
     video = latents.dim() == 5
     x = latents.transpose(1, 2).flatten(0, 1) if video else latents         # [N,C,h,w] per frame
-    border = torch.cat([x[:, :, 0], x[:, :, -1], x[:, :, :, 0], x[:, :, :, -1]], dim=2)
-    distance = (x - border.median(dim=2).values[:, :, None, None]).norm(dim=1, keepdim=True)
+    distance = (x - border_median(x)).norm(dim=1, keepdim=True)
     scale = distance.flatten(1).amax(dim=1).clamp_min(1e-6)[:, None, None, None]
     w = 1 + focus * distance / scale
     return w.unflatten(0, (latents.shape[0], latents.shape[2])).transpose(1, 2) if video else w
