@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ..model import conditioning as cond_lib
 from ..model.conditioning import TextCondition
+from ..model.unet import batch_to_frames, frames_to_batch
 
 
 def border_median(x: torch.Tensor) -> torch.Tensor:
@@ -39,11 +40,11 @@ def latent_focus_weights(latents: torch.Tensor, focus: float) -> torch.Tensor:
     weight of the flat background — the same minority-pixel argument as focus_weights, applied to
     the denoiser, where a plain MSE is met by a background-coloured blob of the right colour."""
     video = latents.dim() == 5
-    x = latents.transpose(1, 2).flatten(0, 1) if video else latents         # [N,C,h,w] per frame
+    x = frames_to_batch(latents) if video else latents                      # [N,C,h,w] per frame
     distance = (x - border_median(x)).norm(dim=1, keepdim=True)
     scale = distance.flatten(1).amax(dim=1).clamp_min(1e-6)[:, None, None, None]
     w = 1 + focus * distance / scale
-    return w.unflatten(0, (latents.shape[0], latents.shape[2])).transpose(1, 2) if video else w
+    return batch_to_frames(w, latents.shape[0]) if video else w
 
 
 class VAELoss(nn.Module):
