@@ -12,6 +12,7 @@ Heavy imports (torch, transformers, av) happen inside the commands, so `--help` 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import os
@@ -251,8 +252,9 @@ def make_video(args, image=None) -> Path:
     fps = cfg.fps
     if "interp" in models and not args.no_interp:
         interp = models["interp"]
-        video = pipeline.interpolate(interp.unet, interp.schedule, interp.config, video, text, null, settings,
-                                     args.seed, callback=step_progress(settings.steps, "interpolation"))
+        video = pipeline.interpolate(interp.unet, interp.schedule, interp.config, video, text, null,
+                                     interp_settings(args, settings), args.seed,
+                                     callback=step_progress(settings.steps, "interpolation"))
         fps *= interp.config.interp_factor
     pixels = pipeline.decode(vae, video)
     out = Path(args.out)
@@ -262,14 +264,28 @@ def make_video(args, image=None) -> Path:
     return out
 
 
-SAMPLING_FALLBACK = {"steps": 50, "image_cfg": 1.5, "text_cfg": 7.5, "rescale": 0.7}
+SAMPLING_FALLBACK = {"steps": 50, "image_cfg": 1.5, "text_cfg": 7.5, "rescale": 0.7, "keep_known": True}
+# The interpolation model's own guidance: I is trained with its key frames always given, so its ∅-image
+# branch is untrained, and on the demo text guidance blurred the in-betweens (MODEL_CARD.md); 1 = one forward.
+INTERP_FALLBACK = {"interp_image_cfg": 1.0, "interp_text_cfg": 1.0}
+
+
+def _chosen(args, fallbacks: dict) -> dict:
+    """What the user gave, else the model set's manifest defaults, else the fallback."""
+    recommended = model_set_sampling(args.model)
+    return {k: getattr(args, k) if getattr(args, k) is not None else recommended.get(k, fallback)
+            for k, fallback in fallbacks.items()}
 
 
 def sampling_settings(args) -> dict:
-    """Sampler arguments: what the user gave, else the model set's manifest defaults, else SAMPLING_FALLBACK."""
-    recommended = model_set_sampling(args.model)
-    return {k: getattr(args, k) if getattr(args, k) is not None else recommended.get(k, fallback)
-            for k, fallback in SAMPLING_FALLBACK.items()}
+    """SamplerSettings arguments for the first frame and the video."""
+    return _chosen(args, SAMPLING_FALLBACK)
+
+
+def interp_settings(args, settings):
+    """The video's SamplerSettings with the interpolation model's own guidance scales."""
+    chosen = _chosen(args, INTERP_FALLBACK)
+    return dataclasses.replace(settings, image_cfg=chosen["interp_image_cfg"], text_cfg=chosen["interp_text_cfg"])
 
 
 def read_picture(path: str | os.PathLike):
@@ -349,6 +365,12 @@ def _add_sampling_args(p):
     p.add_argument("--image-cfg", type=float, default=None, help="image guidance (default: the model set's, else 1.5)")
     p.add_argument("--text-cfg", type=float, default=None, help="text guidance (default: the model set's, else 7.5)")
     p.add_argument("--rescale", type=float, default=None, help="CFG rescale φ, 0 = off (default: the model set's, else 0.7)")
+    p.add_argument("--interp-image-cfg", type=float, default=None,
+                   help="the interpolation model's image guidance (default: the model set's, else 1 = off)")
+    p.add_argument("--interp-text-cfg", type=float, default=None,
+                   help="the interpolation model's text guidance (default: the model set's, else 1 = off)")
+    p.add_argument("--keep-known", action=argparse.BooleanOptionalAction, default=None,
+                   help="known frames (the picture, key frames) come out exactly as given (default: on)")
     p.add_argument("--resize", choices=["crop", "pad", "stretch"], default="crop",
                    help="how a picture is fitted to the model size (default: short-side resize + centre crop)")
     p.add_argument("--no-interp", action="store_true", help="skip the interpolation model")

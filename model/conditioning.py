@@ -147,6 +147,23 @@ def sample_aug_timesteps(batch_size: int, max_t: int = AUG_T_TRAIN_MAX,
     return torch.randint(0, max_t + 1, (batch_size,), generator=generator)
 
 
+def pin_known_frames(schedule, x_t: torch.Tensor, out: torch.Tensor, t, known: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
+    """The replacement method (Ho et al. 2022, "Video Diffusion Models" §3.1) on one prediction.
+
+    At the known slots (mask = 1) x̂0 becomes the known latent and ε̂ the noise that x_t then
+    implies, so DDIM moves those frames along their own forward path and ends exactly on them,
+    while the temporal layers see the true frames beside the unknown ones at every step. Returns
+    the network output (v or ε) that says so; the unknown slots keep the model's prediction.
+    """
+    x0, eps = schedule.pred_x0_eps(x_t, out, t)
+    keep = mask.to(torch.bool).expand_as(x0)
+    x0 = torch.where(keep, known.to(x0.dtype), x0)
+    alpha_bar = schedule.alpha_bar(t, x0)     # < 1 at every timestep t >= 0, so the division is safe
+    eps = torch.where(keep, (x_t.to(x0.dtype) - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt(), eps)
+    return schedule.model_output(x0, eps, t).to(out.dtype)
+
+
 def model_input(noisy: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """U-Net input cat([noisy (C), cond (C), mask (1)], dim=1) → 2C+1 channels (Fig. 3)."""
     if noisy.ndim != 5 or cond.shape != noisy.shape:

@@ -233,7 +233,8 @@ def generate_first_frame(unet, schedule, config: ModelConfig, text: TextConditio
         return sample_image(unet, schedule, noise, text, null_text, settings, callback=callback, cancel=cancel).float()
 
 
-def _sample_conditioned(unet, schedule, config, text, null_text, settings, cond, mask, seed, callback, cancel):
+def _sample_conditioned(unet, schedule, config, text, null_text, settings, cond, mask, seed, callback, cancel,
+                        known=None):
     from .sampling import make_noise, sample_video
 
     device, dtype = _module_device_dtype(unet)
@@ -243,7 +244,8 @@ def _sample_conditioned(unet, schedule, config, text, null_text, settings, cond,
     noise = make_noise(tuple(cond.shape), seed, device, dtype)
     with torch.no_grad():
         out = sample_video(unet, schedule, noise, cond.to(device, dtype), mask.to(device, dtype), text, null_text,
-                           settings, callback=callback, cancel=cancel)
+                           settings, callback=callback, cancel=cancel,
+                           known=None if known is None else known.to(device, dtype))
     return out.float()
 
 
@@ -276,8 +278,9 @@ def interpolate(interp_unet, schedule, config: ModelConfig, latents: torch.Tenso
     """Interpolation model I (§3.2): K known frames → (K−1)·k+1 frames.
 
     The known frames are zero-interleaved at slots 0, k, 2k, … and noise-augmented to t = noise_aug
-    (§3.3: 100 at inference) exactly as in training. The output is the model's prediction for every
-    slot: the key frames are not pasted back, so no seam appears where the model disagrees slightly."""
+    (§3.3: 100 at inference) exactly as in training. With settings.keep_known (the default) the key
+    frames are kept clean through every step (conditioning.pin_known_frames), so they come out as
+    given and the in-betweens are denoised beside them, with no seam; without it the model redraws them."""
     check_latents(latents, config)
     factor = config.interp_factor if factor in (None, 0) else factor
     if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
@@ -290,9 +293,10 @@ def interpolate(interp_unet, schedule, config: ModelConfig, latents: torch.Tenso
     check_frames((known - 1) * factor + 1, config, what=f"output frames ((K−1)·k+1 with K={known}, k={factor})")
     cond, mask = cond_lib.interpolation(latents.float().cpu(), factor)
     generator = torch.Generator().manual_seed(int(seed) + 1)  # independent of the sampling noise stream
+    clean = cond
     cond = cond_lib.noise_augment(cond, mask, schedule, noise_aug, generator)
     return _sample_conditioned(interp_unet, schedule, config, text, null_text, settings, cond, mask, seed,
-                               callback, cancel)
+                               callback, cancel, known=clean)
 
 
 def extend(unet, schedule, config: ModelConfig, latents: torch.Tensor, text: TextCondition, null_text: TextCondition,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .conditioning import TextCondition, drop_image, model_input
+from .conditioning import TextCondition, drop_image, model_input, pin_known_frames
 from .config import InputError
 from .guidance import combine_branches, guidance_branches, rescale_cfg
 from .schedule import NoiseSchedule
@@ -43,6 +43,7 @@ class SamplerSettings:
     image_cfg: float = 1.5        # s_I (IP2P default); ignored in image mode
     text_cfg: float = 7.5         # s_T (IP2P default)
     rescale: float = 0.0          # CFG rescale φ on v (Lin et al. §3.4 suggest 0.7); 0 = off
+    keep_known: bool = True       # replacement method: known frames (a user's picture) come out exactly as given
 
     def validate(self, schedule: NoiseSchedule) -> None:
         schedule.timesteps(self.steps, self.spacing)  # raises on a bad step count or spacing name
@@ -76,8 +77,10 @@ def _branch_inputs(branches: tuple[str, ...], text: TextCondition, null_text: Te
 
 
 def _denoise(schedule: NoiseSchedule, x: torch.Tensor, settings: SamplerSettings, predict: StepFn,
-             image_scale: float, text_scale: float, generator, callback, cancel) -> torch.Tensor:
-    """The DDIM loop shared by image and video sampling; `predict(x, t)` returns the branches' outputs."""
+             image_scale: float, text_scale: float, generator, callback, cancel,
+             pin: Callable | None = None) -> torch.Tensor:
+    """The DDIM loop shared by image and video sampling; `predict(x, t)` returns the branches' outputs
+    and `pin(x, guided, t)`, when given, rewrites the guided prediction (known-frame replacement)."""
     timesteps = schedule.timesteps(settings.steps, settings.spacing)
     previous = schedule.previous_timesteps(timesteps)
     total = len(timesteps)
@@ -88,6 +91,8 @@ def _denoise(schedule: NoiseSchedule, x: torch.Tensor, settings: SamplerSettings
         guided = combine_branches(preds, image_scale, text_scale)
         if settings.rescale > 0:
             guided = rescale_cfg(guided, preds["full"], settings.rescale)
+        if pin is not None:
+            guided = pin(x, guided, t)
         x, x0 = schedule.ddim_step(x, guided, t, t_prev, eta=settings.eta, generator=generator)
         # One device→host sync per step; cheap next to a U-Net forward and names the failing step.
         if not bool(torch.isfinite(x).all()):
@@ -118,12 +123,14 @@ def sample_video(denoiser: Denoiser, schedule: NoiseSchedule, noise: torch.Tenso
                  null_text: TextCondition, settings: SamplerSettings | None = None,
                  generator: torch.Generator | None = None,
                  callback: Callable[[int, int, torch.Tensor], None] | None = None,
-                 cancel: Callable[[], bool] | None = None) -> torch.Tensor:
+                 cancel: Callable[[], bool] | None = None, known: torch.Tensor | None = None) -> torch.Tensor:
     """Generate video latents [B, C, T, h, w] from `noise` with dual guidance.
 
     cond/mask come from conditioning.known_frames & co. (None → no known frames: direct T2V).
     The ∅-image branch zeroes cond and mask (conditioning.drop_image), the ∅-text branches use
     `null_text` (the empty prompt). Noise augmentation of cond (interpolation) is the caller's.
+    With settings.keep_known the masked frames are pinned to `known` (default: cond), which the
+    caller passes clean when cond is noise-augmented.
     """
     settings = settings or SamplerSettings()
     settings.validate(schedule)
@@ -146,7 +153,17 @@ def sample_video(denoiser: Denoiser, schedule: NoiseSchedule, noise: torch.Tenso
         out = denoiser(x_in, t.repeat(len(branches)), text_b.context, text_b.masks, image_mode=False)
         return _split(out, branches, x)
 
-    return _denoise(schedule, noise, settings, predict, s_I, s_T, generator, callback, cancel)
+    pin = None
+    if settings.keep_known and bool(mask.any()):
+        known = (cond if known is None else known).to(noise)
+        if known.shape != noise.shape:
+            raise InputError(f"known frames {tuple(known.shape)} must match the noise {tuple(noise.shape)}")
+        pin_mask = mask.to(noise.device)
+
+        def pin(x: torch.Tensor, guided: torch.Tensor, t: int) -> torch.Tensor:
+            return pin_known_frames(schedule, x, guided, t, known, pin_mask)
+
+    return _denoise(schedule, noise, settings, predict, s_I, s_T, generator, callback, cancel, pin)
 
 
 def sample_image(denoiser: Denoiser, schedule: NoiseSchedule, noise: torch.Tensor, text: TextCondition,

@@ -182,6 +182,13 @@ class NoiseSchedule:
         # eps: only constructed without zero SNR, so a > 0 everywhere
         return (x_t - s * out) / a, out
 
+    def model_output(self, x0: torch.Tensor, eps: torch.Tensor, t) -> torch.Tensor:
+        """Inverse of `pred_x0_eps`: the network output (v or ε) that says (x0, ε) at timestep t."""
+        if self.prediction_type != "v":
+            return eps
+        a, s = self._coefs(t, x0)
+        return a * eps - s * x0
+
     # ------------------------------------------------------------------ DDIM
 
     def ddim_step(self, x_t: torch.Tensor, model_out: torch.Tensor, t, t_prev, eta: float = 0.0,

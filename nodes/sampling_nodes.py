@@ -19,6 +19,11 @@ IMAGE_CFG = ("FLOAT", {"default": 1.5, "min": 0.0, "max": 20.0, "step": 0.05,
                                   "(applied first, then text; 1 = no extra image guidance)."})
 TEXT_CFG = ("FLOAT", {"default": 7.5, "min": 0.0, "max": 30.0, "step": 0.1,
                       "tooltip": "s_T, text guidance: how strongly the prompt is followed (1 = none)."})
+# The interpolation model's guidance defaults to off (cli.INTERP_FALLBACK): its ∅-image branch is untrained.
+INTERP_IMAGE_CFG = ("FLOAT", {**IMAGE_CFG[1], "default": 1.0})
+INTERP_TEXT_CFG = ("FLOAT", {**TEXT_CFG[1], "default": 1.0,
+                             "tooltip": "s_T for the in-betweens (1 = none, one forward per step; more blurred them "
+                                        "on the demo model)."})
 SIZE_TOOLTIP = "Pixels; 0 = the model's training resolution. Must be a multiple of VAE × U-Net downsampling."
 SPACINGS = ["trailing", "leading", "linspace"]
 SCHEDULES = ["from model", "zero terminal SNR (v)", "standard (v)", "standard (eps)"]
@@ -70,6 +75,7 @@ class EmuScheduler:
     eta: float = 0.0
     rescale: float = 0.7
     schedule: str = "from model"
+    keep_known: bool = True
 
     def noise_schedule(self, config):
         import dataclasses
@@ -93,7 +99,8 @@ class EmuScheduler:
         from ..model.sampling import SamplerSettings
 
         return SamplerSettings(steps=int(steps or self.steps), spacing=self.spacing, eta=float(self.eta),
-                               image_cfg=float(image_cfg), text_cfg=float(text_cfg), rescale=float(self.rescale))
+                               image_cfg=float(image_cfg), text_cfg=float(text_cfg), rescale=float(self.rescale),
+                               keep_known=bool(self.keep_known))
 
 
 def make_latent(samples, fps: float, model) -> dict:
@@ -175,16 +182,20 @@ class EmuVideoScheduler:
                                   "tooltip": "Guidance rescale φ (0 = off, 0.7 recommended for zero-SNR)."}),
             "schedule": (SCHEDULES, {"default": "from model",
                                      "tooltip": "Noise schedule; 'from model' uses what the model was trained with."}),
+        }, "optional": {
+            "keep_known": ("BOOLEAN", {"default": True,
+                                       "tooltip": "Known frames (your picture, key frames, context) come out exactly "
+                                                  "as given (replacement method); off = the model redraws them."}),
         }}
 
-    def build(self, steps, spacing="trailing", eta=0.0, rescale=0.7, schedule="from model"):
+    def build(self, steps, spacing="trailing", eta=0.0, rescale=0.7, schedule="from model", keep_known=True):
         from ..model.schedule import NoiseSchedule
 
         from ..model.config import InputError
 
         if schedule not in SCHEDULES:
             raise InputError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
-        scheduler = EmuScheduler(int(steps), spacing, float(eta), float(rescale), schedule)
+        scheduler = EmuScheduler(int(steps), spacing, float(eta), float(rescale), schedule, bool(keep_known))
         scheduler.settings().validate(NoiseSchedule())  # bad spacing/eta/rescale fail here, not mid-run
         return (scheduler,)
 
@@ -312,8 +323,8 @@ class EmuVideoInterpolate:
             "latent": ("LATENT",),
             "text": ("EMU_TEXT_COND",),
             "scheduler": ("EMU_SCHEDULER",),
-            "image_cfg": IMAGE_CFG,
-            "text_cfg": TEXT_CFG,
+            "image_cfg": INTERP_IMAGE_CFG,
+            "text_cfg": INTERP_TEXT_CFG,
             "factor": ("INT", {"default": 0, "min": 0, "max": 16,
                                "tooltip": "k; 0 = the factor the interpolation model was trained with."}),
             "noise_aug": ("INT", {"default": 100, "min": 0, "max": 999,

@@ -48,6 +48,25 @@ def test_manifest_sampling_defaults_and_user_overrides(fake_runs, tmp_path):
     settings = cli.sampling_settings(args)
     assert settings["steps"] == 7 and settings["text_cfg"] == 2.0
     assert settings["image_cfg"] == cli.SAMPLING_FALLBACK["image_cfg"]
+    assert settings["keep_known"] is True       # the picture / key frames come out as given unless asked
+    args = cli.build_parser().parse_args(["animate", "--image", "x.png", "--prompt", PROMPT, "--model", str(out),
+                                          "--no-keep-known"])
+    assert cli.sampling_settings(args)["keep_known"] is False
+
+
+def test_interpolation_guidance_is_its_own_setting(fake_runs, tmp_path):
+    from emu_video.model.sampling import SamplerSettings
+
+    out = tmp_path / "demo"
+    video = SamplerSettings(steps=7, image_cfg=1.5, text_cfg=7.5)
+    demo.assemble(fake_runs, out, dict(steps=7, interp_text_cfg=2.0))
+    parse = cli.build_parser().parse_args
+    interp = cli.interp_settings(parse(["generate", "--prompt", PROMPT, "--model", str(out)]), video)
+    assert (interp.text_cfg, interp.image_cfg, interp.steps) == (2.0, cli.INTERP_FALLBACK["interp_image_cfg"], 7)
+    assert (video.text_cfg, video.image_cfg) == (7.5, 1.5)          # the video's own scales are untouched
+    interp = cli.interp_settings(parse(["generate", "--prompt", PROMPT, "--model", str(out),
+                                        "--interp-text-cfg", "3", "--interp-image-cfg", "1.2"]), video)
+    assert (interp.text_cfg, interp.image_cfg) == (3.0, 1.2)
 
 
 def test_init_models_demo_copies_under_workflow_names(fake_runs, tmp_path, monkeypatch):

@@ -141,6 +141,10 @@ def test_eval_main_writes_report_metrics_and_sheets(model_dir, tmp_path, capsys)
     assert 0.0 <= m["text.held_out.all"] <= 1.0 and np.isfinite(m["interp.psnr_linear"])
     # the VAE-ceiling rows are real round trips: the tiny random VAE cannot reproduce a clip exactly
     assert 0 < m["animate.psnr_vae"] < 40 and 0 < m["interp.psnr_vae"] < 40
+    # keep_known: frame 0 is the picture's own latent, so it equals the VAE round trip; the model's
+    # own redraw is a separate sampling run (keep_known off), so it measures something else
+    assert m["animate.psnr_frame0"] == pytest.approx(m["animate.psnr_vae"], abs=1e-3)
+    assert abs(m["animate.psnr_frame0_model"] - m["animate.psnr_frame0"]) > 1e-3
     assert m["text.vae.n"] == 2 and 0.0 <= m["text.vae.all"] <= 1.0   # the VAE round trip of every prompt is judged too
     assert [c["group"] for c in metrics["clips"]] == ["held_out", "seen"]
     for name in ("t2v_held_out.png", "t2v_seen.png", "animate.png", "interp.png"):
@@ -179,3 +183,10 @@ def test_pooled_psnr_stays_finite_when_one_clip_is_exact():
     from emu_video.trainer.eval_metrics import pooled_psnr
     assert pooled_psnr([0.0, 0.0]) == float("inf")
     assert pooled_psnr([0.0, 65.025]) == pytest.approx(10 * np.log10(255 ** 2 / 32.5125))
+
+
+def test_interpolation_runs_with_its_own_guidance(model_dir):
+    pipe = ev.EvalPipeline(cli.load_model_set(cli.find_model_set(model_dir)),
+                           ev.EvalSettings(steps=2, text_cfg=6.0, interp_text_cfg=2.5))
+    assert (pipe.sampler.text_cfg, pipe.interp_sampler.text_cfg, pipe.interp_sampler.image_cfg) == (6.0, 2.5, 1.0)
+    assert pipe.interp_sampler.steps == 2 and pipe.interp_sampler.keep_known

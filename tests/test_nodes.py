@@ -90,6 +90,18 @@ def test_loader_errors_are_clear():
 
 # --------------------------------------------------------------------------- the full chain
 
+def test_scheduler_keep_known_pins_the_first_frame_and_can_be_switched_off(m):
+    cond = S.EmuVideoImageConditioning().encode(first_frame(m), m["vae"], m["model"])[0]
+
+    def frame0(scheduler):
+        lat = S.EmuVideoSampler().sample(m["model"], m["text"], cond, scheduler, 1.5, 5.0, 0, 0)[0]
+        return lat["samples"][:, :, 0]
+    torch.testing.assert_close(frame0(m["scheduler"]), cond["latent"], atol=1e-4, rtol=0)   # default: on
+    off = S.EmuVideoScheduler().build(2, keep_known=False)[0]
+    assert (frame0(off) - cond["latent"]).abs().max() > 1e-2                             # the model redraws it
+
+
+
 def test_full_chain_text_to_video_interpolate_extend_decode_save(m, tmp_path):
     image = first_frame(m)
     assert image.shape == (1, 32, 32, 3) and 0 <= image.min() and image.max() <= 1

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from emu_video.model.conditioning import TextCondition, first_frame, model_input
+from emu_video.model.conditioning import TextCondition, first_frame, known_frames, model_input, pin_known_frames
 from emu_video.model.config import InputError
 from emu_video.model.guidance import cfg, dual_guidance
 from emu_video.model.sampling import (SamplerSettings, SamplingCancelled, SamplingDiverged, make_noise, sample_image,
@@ -63,7 +63,7 @@ def reference_video(denoiser, noise, cond, mask, text, null, settings):
 def test_one_batched_forward_equals_three_separate_branches(s_i, s_t):
     noise, cond, mask = video_inputs()
     text, null = texts()
-    settings = SamplerSettings(steps=4, image_cfg=s_i, text_cfg=s_t)
+    settings = SamplerSettings(steps=4, image_cfg=s_i, text_cfg=s_t, keep_known=False)
     denoiser = FakeDenoiser()
     out = sample_video(denoiser, SCHEDULE, noise, cond, mask, text, null, settings)
     expected = reference_video(FakeDenoiser(), noise, cond, mask, text, null, settings)
@@ -134,7 +134,8 @@ def test_oracle_denoiser_recovers_x0(eta):
     noise, cond, mask = video_inputs()
     x0 = make_noise(noise.shape, seed=9)
     out = sample_video(oracle(x0, False), SCHEDULE, noise, cond, mask, *texts(),
-                       SamplerSettings(steps=7, eta=eta, rescale=0.7), generator=torch.Generator().manual_seed(0))
+                       SamplerSettings(steps=7, eta=eta, rescale=0.7, keep_known=False),
+                       generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, x0, atol=1e-5, rtol=0)
     image_x0 = make_noise((2, C, 4, 4), seed=10)
     img = sample_image(oracle(image_x0.unsqueeze(2), True), SCHEDULE, make_noise((2, C, 4, 4), 3), *texts(),
@@ -182,3 +183,56 @@ def test_bad_inputs_are_reported_before_any_forward():
     with pytest.raises(InputError, match="B, C, h, w"):
         sample_image(denoiser, SCHEDULE, noise, *texts())
     assert denoiser.calls == []
+
+
+class TemporalFakeDenoiser(FakeDenoiser):
+    """FakeDenoiser plus a frame average, so each frame's prediction depends on the others (as with temporal layers)."""
+
+    def __call__(self, x_in, timesteps, context, context_masks, image_mode=False):
+        out = super().__call__(x_in, timesteps, context, context_masks, image_mode)
+        return out + 0.2 * x_in[:, :C].mean(dim=2, keepdim=True)
+
+
+def test_keep_known_returns_the_known_frames_exactly_and_samples_the_rest_beside_them():
+    noise, cond, mask = video_inputs(frames=4)
+    text, null = texts()
+    kept = sample_video(TemporalFakeDenoiser(), SCHEDULE, noise, cond, mask, text, null, SamplerSettings(steps=5))
+    free = sample_video(TemporalFakeDenoiser(), SCHEDULE, noise, cond, mask, text, null,
+                        SamplerSettings(steps=5, keep_known=False))
+    torch.testing.assert_close(kept[:, :, 0], cond[:, :, 0], atol=1e-5, rtol=0)   # the default: pinned
+    assert (free[:, :, 0] - cond[:, :, 0]).abs().max() > 0.1                      # the fake model redraws it
+    # the other frames are still sampled (not copied), and they saw the pinned frame at every step
+    assert (kept[:, :, 1:] - free[:, :, 1:]).abs().max() > 1e-4
+    assert (kept[:, :, 1:] - cond[:, :, :1]).abs().max() > 0.1
+
+
+def test_keep_known_pins_to_the_clean_frames_when_cond_is_noise_augmented():
+    noise = make_noise((1, C, 5, 4, 4), seed=0)
+    clean, mask = known_frames(make_noise((1, C, 2, 4, 4), seed=1), [0, 4], 5)
+    augmented = clean + 0.3 * make_noise(clean.shape, seed=2) * mask
+    out = sample_video(FakeDenoiser(), SCHEDULE, noise, augmented, mask, *texts(batch=1), SamplerSettings(steps=4),
+                       known=clean)
+    torch.testing.assert_close(out[:, :, [0, 4]], clean[:, :, [0, 4]], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("t", [999, 500, 0])
+def test_pin_changes_nothing_where_the_prediction_already_says_the_known_frame(t):
+    """Idempotence: a v that already decodes to x̂0 = known at the known slots comes back unchanged,
+    and the unknown slots are never touched."""
+    g = torch.Generator().manual_seed(4)
+    x0, eps = torch.randn(1, C, 3, 4, 4, generator=g), torch.randn(1, C, 3, 4, 4, generator=g)
+    known, mask = known_frames(x0[:, :, :1], [0], 3)
+    x_t = SCHEDULE.add_noise(x0, eps, t)
+    v = SCHEDULE.v_target(x0, eps, t)
+    torch.testing.assert_close(pin_known_frames(SCHEDULE, x_t, v, t, known, mask), v, atol=1e-4, rtol=0)
+    other = torch.randn(v.shape, generator=g)
+    pinned = pin_known_frames(SCHEDULE, x_t, other, t, known, mask)
+    torch.testing.assert_close(pinned[:, :, 1:], other[:, :, 1:])
+    torch.testing.assert_close(SCHEDULE.pred_x0_eps(x_t, pinned, t)[0][:, :, 0], x0[:, :, 0], atol=1e-4, rtol=0)
+
+
+def test_known_frames_of_the_wrong_shape_are_refused():
+    noise, cond, mask = video_inputs()
+    with pytest.raises(InputError, match="known frames"):
+        sample_video(FakeDenoiser(), SCHEDULE, noise, cond, mask, *texts(), SamplerSettings(steps=2),
+                     known=cond[:, :, :1])

@@ -148,3 +148,16 @@ def test_bad_inputs_raise_clear_errors():
         s.timesteps(10, "leading", offset=200)
     with pytest.raises(InputError, match="eta"):
         s.ddim_step(torch.zeros(1, 1), torch.zeros(1, 1), 10, 5, eta=-1)
+
+
+@pytest.mark.parametrize("zero_snr,prediction", [(True, "v"), (False, "v"), (False, "eps")])
+def test_model_output_inverts_pred_x0_eps(zero_snr, prediction):
+    s = NoiseSchedule(zero_terminal_snr=zero_snr, prediction_type=prediction)
+    g = torch.Generator().manual_seed(5)
+    x0, eps = torch.randn(3, 4, 2, 4, 4, generator=g), torch.randn(3, 4, 2, 4, 4, generator=g)
+    t = torch.tensor([0, 400, 998])
+    out = s.model_output(x0, eps, t)
+    torch.testing.assert_close(out, s.training_target(x0, eps, t), atol=1e-5, rtol=0)
+    x0_hat, eps_hat = s.pred_x0_eps(s.add_noise(x0, eps, t), out, t)
+    torch.testing.assert_close(x0_hat, x0, atol=1e-4, rtol=0)
+    torch.testing.assert_close(eps_hat, eps, atol=1e-4, rtol=0)

@@ -7,7 +7,8 @@ measure faithfulness exactly instead).
 Sections (metric functions in eval_metrics.py):
   text        prompt → first frame → video → interpolation, judged per attribute; HELD_OUT
               combinations (generalisation) and seen ones reported separately
-  animate     a rendered ground-truth first frame + its prompt → video; PSNR of frame 0 vs the picture
+  animate     a rendered ground-truth first frame + its prompt → video; PSNR of frame 0 vs the picture,
+              as shipped (known frame kept) and as the model alone redraws it
   temporal    colour/size stability and trajectory smoothness of the text-to-video clips
   zero_snr    mean background intensity of clips prompted black / white (§3.3, Lin et al.)
   interp      in-between frames of rendered clips vs the truth, next to linear blending
@@ -21,7 +22,7 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ from . import toy_world as tw
 # metric key → (format, what it measures); the order is the report's row order
 METRICS = {
     "animate.psnr_frame0": ("{:.2f} dB", "image faithfulness: PSNR of generated frame 0 vs the conditioning picture"),
+    "animate.psnr_frame0_model": ("{:.2f} dB", "the same without keep_known: frame 0 as the model alone redraws it"),
     "animate.psnr_vae": ("{:.2f} dB", "ceiling: PSNR of the conditioning picture after a VAE round trip (no diffusion)"),
     "temporal.visible": ("{:.0%}", "frames in which the oracle finds an object"),
     "temporal.colour": ("{:.0%}", "frames showing the clip's majority object colour"),
@@ -59,6 +61,9 @@ class EvalSettings:
     image_cfg: float = 1.5
     text_cfg: float = 7.5
     rescale: float = 0.7
+    keep_known: bool = True    # known frames pinned while sampling (SamplerSettings.keep_known)
+    interp_image_cfg: float = 1.0   # the interpolation model's own guidance (cli.INTERP_FALLBACK)
+    interp_text_cfg: float = 1.0
     device: str | None = None
     direct: bool = False       # direct text-to-video (Table 1a baseline): no first frame, no animate section
 
@@ -103,8 +108,11 @@ class EvalPipeline:
         self.schedule = self.F.schedule
         self.interp_schedule = self.interp.schedule if self.interp else None
         self.sampler = SamplerSettings(steps=settings.steps, image_cfg=settings.image_cfg,
-                                       text_cfg=settings.text_cfg, rescale=settings.rescale)
+                                       text_cfg=settings.text_cfg, rescale=settings.rescale,
+                                       keep_known=settings.keep_known)
         self.sampler.validate(self.schedule)
+        self.interp_sampler = replace(self.sampler, image_cfg=settings.interp_image_cfg,
+                                      text_cfg=settings.interp_text_cfg)
         self.size = settings.size or self.F.config.resolution
         self.frames = pipeline.check_frames(settings.frames or self.F.config.num_frames, self.F.config)
         self.vae_factor = self.vae.cfg.downsample_factor
@@ -125,13 +133,13 @@ class EvalPipeline:
     def _pixels(self, latents) -> np.ndarray:
         return to_uint8_frames(self.p.decode(self.vae, latents)[0])
 
-    def _video(self, text, null, image_latent, seed: int):
-        return self.p.generate_video(self.F.unet, self.schedule, self.F.config, text, null, self.sampler,
+    def _video(self, text, null, image_latent, seed: int, sampler=None):
+        return self.p.generate_video(self.F.unet, self.schedule, self.F.config, text, null, sampler or self.sampler,
                                      image_latent, self.frames, seed)
 
     def _interpolate(self, latents, text, null, seed: int):
         return self.p.interpolate(self.interp.unet, self.interp_schedule, self.interp.config, latents, text, null,
-                                  self.sampler, seed, factor=self.factor)
+                                  self.interp_sampler, seed, factor=self.factor)
 
     def text_to_video(self, caption: str, seed: int) -> np.ndarray:
         """§3.2: first frame from text, video from text + frame, then interpolation when available.
@@ -151,9 +159,11 @@ class EvalPipeline:
             video = self._interpolate(video, text, null, seed)
         return self._pixels(video)
 
-    def animate(self, picture: np.ndarray, caption: str, seed: int) -> np.ndarray:
+    def animate(self, picture: np.ndarray, caption: str, seed: int, keep_known: bool | None = None) -> np.ndarray:
+        """keep_known None = the settings' choice; False shows what the model alone makes of frame 0."""
         text, null = self._text(caption)
-        return self._pixels(self._video(text, null, self._encode(picture[None]), seed))
+        sampler = self.sampler if keep_known is None else replace(self.sampler, keep_known=keep_known)
+        return self._pixels(self._video(text, null, self._encode(picture[None]), seed, sampler))
 
     def _clip_latents(self, frames: np.ndarray):
         return self._encode(frames).permute(1, 0, 2, 3)[None]       # [K,C,h,w] → [1,C,K,h,w]
@@ -193,7 +203,10 @@ def eval_animate(pipe: EvalPipeline, prompts: list[dict], seed: int, progress: b
     for i, p in enumerate(_progress(prompts, "eval animate", progress)):
         picture = tw.render_clip(p["attributes"], pipe.size, pipe.frames, seed=[seed, i])[0]
         frames = pipe.animate(picture, p["caption"], seed + i)
+        # with keep_known, frame 0 is the picture through the VAE by construction: measure the model's own too
+        redrawn = pipe.animate(picture, p["caption"], seed + i, keep_known=False) if pipe.sampler.keep_known else frames
         clips.append(dict(p, picture=picture, frames=frames, psnr=em.psnr(frames[0], picture),
+                          psnr_model=em.psnr(redrawn[0], picture),
                           psnr_vae=em.psnr(pipe.round_trip(picture[None])[0], picture),
                           judgement=tw.judge(frames, p["attributes"])))
     return clips
@@ -225,6 +238,7 @@ def summarise(text: list[dict], animate: list[dict], interp: list[dict], frame_s
     for group in ("ceiling", "vae"):
         out.update({f"text.{group}.{k}": v for k, v in em.text_faithfulness([c[group] for c in text]).items()})
     out["animate.psnr_frame0"] = float(np.mean([c["psnr"] for c in animate])) if animate else None
+    out["animate.psnr_frame0_model"] = float(np.mean([c["psnr_model"] for c in animate])) if animate else None
     out["animate.psnr_vae"] = float(np.mean([c["psnr_vae"] for c in animate])) if animate else None
     temporal = em.temporal_consistency([c["measurements"] for c in text], frame_size)
     out.update({f"temporal.{k}": v for k, v in temporal.items()})
@@ -372,6 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-cfg", type=float, default=d.image_cfg)
     p.add_argument("--text-cfg", type=float, default=d.text_cfg)
     p.add_argument("--rescale", type=float, default=d.rescale, help="CFG rescale φ (0 = off)")
+    p.add_argument("--interp-image-cfg", type=float, default=d.interp_image_cfg)
+    p.add_argument("--interp-text-cfg", type=float, default=d.interp_text_cfg)
+    p.add_argument("--keep-known", action=argparse.BooleanOptionalAction, default=d.keep_known,
+                   help="known frames come out exactly as given (default: on, as in generate/animate)")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
     p.add_argument("--direct", action="store_true",
                    help="direct text-to-video: sample the video without a first frame (Table 1a baseline)")
@@ -383,7 +401,8 @@ def eval_main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     settings = EvalSettings(seed=args.seed, steps=args.steps, frames=args.frames, size=args.size,
                             image_cfg=args.image_cfg, text_cfg=args.text_cfg, rescale=args.rescale, device=args.device,
-                            direct=args.direct)
+                            direct=args.direct, keep_known=args.keep_known,
+                            interp_image_cfg=args.interp_image_cfg, interp_text_cfg=args.interp_text_cfg)
     try:
         prompts = read_prompts(args.prompts) if args.prompts else default_prompts(args.held_out, args.seed)
         result = evaluate(args.model, args.out, prompts, settings, progress=not args.quiet)

@@ -34,7 +34,7 @@ def loaders() -> list[tuple]:
         (2, "EmuVideoModelLoader", {"model_name": FILES["video"], "dtype": "auto"}),
         (3, "EmuVideoVAELoader", {"vae_name": FILES["vae"], "dtype": "fp32"}),
         (4, "EmuVideoScheduler", {"steps": 25, "spacing": "trailing", "eta": 0.0, "rescale": 0.7,
-                                  "schedule": "from model"}),
+                                  "schedule": "from model", "keep_known": True}),
         (5, "EmuVideoTextEncode", {"text_encoders": link(1), "prompt": PROMPT, "negative": ""}),
     ]
 
@@ -53,7 +53,7 @@ FIRST_FRAME = (6, "EmuVideoFirstFrame", {"model": link(2), "vae": link(3), "text
 INTERP = [
     (9, "EmuVideoInterpModelLoader", {"model_name": FILES["interp"], "dtype": "auto"}),
     (10, "EmuVideoInterpolate", {"interp_model": link(9), "latent": link(8), "text": link(5), "scheduler": link(4),
-                                 "image_cfg": 1.5, "text_cfg": 7.5, "factor": 0, "noise_aug": 100, "seed": 42}),
+                                 "image_cfg": 1.0, "text_cfg": 1.0, "factor": 0, "noise_aug": 100, "seed": 42}),
 ]
 
 
