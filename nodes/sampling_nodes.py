@@ -9,6 +9,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from ..cli import INTERP_FALLBACK
 from . import host
 
 CATEGORY = "Emu Video"
@@ -20,8 +21,8 @@ IMAGE_CFG = ("FLOAT", {"default": 1.5, "min": 0.0, "max": 20.0, "step": 0.05,
 TEXT_CFG = ("FLOAT", {"default": 7.5, "min": 0.0, "max": 30.0, "step": 0.1,
                       "tooltip": "s_T, text guidance: how strongly the prompt is followed (1 = none)."})
 # The interpolation model's guidance defaults to off (cli.INTERP_FALLBACK): its ∅-image branch is untrained.
-INTERP_IMAGE_CFG = ("FLOAT", {**IMAGE_CFG[1], "default": 1.0})
-INTERP_TEXT_CFG = ("FLOAT", {**TEXT_CFG[1], "default": 1.0,
+INTERP_IMAGE_CFG = ("FLOAT", {**IMAGE_CFG[1], "default": INTERP_FALLBACK["interp_image_cfg"]})
+INTERP_TEXT_CFG = ("FLOAT", {**TEXT_CFG[1], "default": INTERP_FALLBACK["interp_text_cfg"],
                              "tooltip": "s_T for the in-betweens (1 = none, one forward per step; more blurred them "
                                         "on the demo model)."})
 SIZE_TOOLTIP = "Pixels; 0 = the model's training resolution. Must be a multiple of VAE × U-Net downsampling."

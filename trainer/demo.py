@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ..cli import INTERP_FALLBACK
 from ..model.checkpoint import atomic_save
 from ..model.video_io import atomic_path
 
@@ -206,8 +207,8 @@ def main(argv=None) -> int:
     p.add_argument("--text-cfg", type=float, default=7.5)
     p.add_argument("--image-cfg", type=float, default=1.5)
     p.add_argument("--rescale", type=float, default=0.7)
-    p.add_argument("--interp-image-cfg", type=float, default=1.0)
-    p.add_argument("--interp-text-cfg", type=float, default=1.0)
+    p.add_argument("--interp-image-cfg", type=float, default=INTERP_FALLBACK["interp_image_cfg"])
+    p.add_argument("--interp-text-cfg", type=float, default=INTERP_FALLBACK["interp_text_cfg"])
     p.add_argument("--card", metavar="EVAL_DIR", default=None,
                    help="only (re)write MODEL_CARD.md from the chain's logs and EVAL_DIR/metrics.json")
     args = p.parse_args(argv)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli import INTERP_FALLBACK
 from ..model.config import InputError
 from ..model.video_io import atomic_path, to_uint8_frames, write_png_grid
 from . import eval_metrics as em
@@ -62,8 +63,8 @@ class EvalSettings:
     text_cfg: float = 7.5
     rescale: float = 0.7
     keep_known: bool = True    # known frames pinned while sampling (SamplerSettings.keep_known)
-    interp_image_cfg: float = 1.0   # the interpolation model's own guidance (cli.INTERP_FALLBACK)
-    interp_text_cfg: float = 1.0
+    interp_image_cfg: float = INTERP_FALLBACK["interp_image_cfg"]   # the interpolation model's own guidance
+    interp_text_cfg: float = INTERP_FALLBACK["interp_text_cfg"]
     device: str | None = None
     direct: bool = False       # direct text-to-video (Table 1a baseline): no first frame, no animate section
 
