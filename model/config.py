@@ -96,6 +96,7 @@ class ScheduleConfig:
     num_train_timesteps: int = 1000
     zero_terminal_snr: bool = True        # Lin et al. 2023, rescale so alphā_N = 0
     prediction_type: str = "v"            # "v" | "eps"
+    snr_shift: float = 1.0                # SNR(t) × snr_shift (schedule.shift_snr); 1 = SD's schedule as is
 
 
 @dataclass
@@ -127,6 +128,8 @@ class ModelConfig:
             raise ConfigError(f"text encoder dims {dims} do not match unet.context_dims {tuple(self.unet.context_dims)}")
         if self.kind not in ("video", "interp"):
             raise ConfigError(f"kind must be 'video' or 'interp', got {self.kind!r}")
+        if not self.schedule.snr_shift > 0:
+            raise ConfigError(f"schedule.snr_shift must be > 0 (1 = unshifted), got {self.schedule.snr_shift!r}")
         if self.schedule.prediction_type not in ("v", "eps"):
             raise ConfigError(f"prediction_type must be 'v' or 'eps', got {self.schedule.prediction_type!r}")
 

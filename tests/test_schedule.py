@@ -161,3 +161,24 @@ def test_model_output_inverts_pred_x0_eps(zero_snr, prediction):
     x0_hat, eps_hat = s.pred_x0_eps(s.add_noise(x0, eps, t), out, t)
     torch.testing.assert_close(x0_hat, x0, atol=1e-4, rtol=0)
     torch.testing.assert_close(eps_hat, eps, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("shift", [0.25, 9.0])
+def test_snr_shift_multiplies_snr_and_keeps_zero_terminal_snr(shift):
+    base, shifted = NoiseSchedule(), NoiseSchedule(snr_shift=shift)
+    ab, ab_s = base.alphas_cumprod[:-1], shifted.alphas_cumprod[:-1]
+    torch.testing.assert_close(ab_s / (1 - ab_s), shift * ab / (1 - ab), rtol=1e-9, atol=0)
+    assert shifted.alphas_cumprod[-1].item() == 0.0              # zero terminal SNR survives the shift
+    # The β table is re-derived, so anything reading β sees the same process as ᾱ.
+    torch.testing.assert_close(torch.cumprod(1 - shifted.betas, 0), shifted.alphas_cumprod, rtol=0, atol=1e-12)
+    # More signal at every intermediate t for shift > 1, less for shift < 1.
+    assert bool(((ab_s > ab) if shift > 1 else (ab_s < ab))[1:].all())
+
+
+def test_snr_shift_of_one_is_the_unshifted_schedule_and_bad_shifts_are_refused():
+    assert torch.equal(NoiseSchedule(snr_shift=1.0).alphas_cumprod, NoiseSchedule().alphas_cumprod)
+    s = NoiseSchedule.from_config(ScheduleConfig(snr_shift=4.0))
+    assert s.snr_shift == 4.0 and "snr_shift=4" in repr(s)
+    for bad in (0.0, -2.0, float("nan")):
+        with pytest.raises(ConfigError, match="snr_shift must be > 0"):
+            NoiseSchedule(snr_shift=bad)

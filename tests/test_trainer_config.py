@@ -52,6 +52,16 @@ def test_overrides_are_typed_and_checked(tmp_path):
         load_config(None, base + ["stage=video"])
 
 
+def test_snr_shift_reaches_the_model_schedule_and_bad_values_are_refused():
+    from emu_video.trainer.build import model_config
+    base = ["data.root=/tmp/x", "stage=t2i", "model.preset=tiny", "vae.path=/tmp/vae.safetensors"]
+    mc, _ = model_config(load_config(None, base + ["model.snr_shift=9"]))
+    assert mc.schedule.snr_shift == 9.0 and mc.schedule.zero_terminal_snr
+    assert model_config(load_config(None, base))[0].schedule.snr_shift == 1.0
+    with pytest.raises(ConfigError, match="model.snr_shift must be > 0"):
+        load_config(None, base + ["model.snr_shift=0"])
+
+
 def test_extends_merges_sections(tmp_path):
     (tmp_path / "base.toml").write_text('seed = 3\n[data]\nroot = "d"\nsize = 48\n[optim]\nlr = 0.5\n')
     (tmp_path / "child.toml").write_text('extends = "base.toml"\nstage = "vae"\n[data]\nsize = 64\n')

@@ -38,7 +38,7 @@ def frozen_vae(cfg: TrainConfig) -> AutoencoderKL:
 def model_config(cfg: TrainConfig) -> tuple[ModelConfig, dict | None]:
     """(ModelConfig of the model this stage trains, state dict to start from or None)."""
     schedule = ScheduleConfig(zero_terminal_snr=cfg.model.zero_terminal_snr,
-                              prediction_type=cfg.model.prediction_type)
+                              prediction_type=cfg.model.prediction_type, snr_shift=cfg.model.snr_shift)
     if cfg.init_from:
         base = load_config(cfg.init_from, kinds=("video", "interp"))
         from safetensors.torch import load_file

@@ -29,6 +29,7 @@ class ModelSection:
     gradient_checkpointing: bool = False
     prediction_type: str = "v"            # §3.3: v-prediction ...
     zero_terminal_snr: bool = True        # ... on a zero-terminal-SNR schedule (stage 1 in the paper used SD's)
+    snr_shift: float = 1.0                # SNR(t) × this (model.schedule.shift_snr): > 1 for latents smaller than SD's 64×64
 
 
 @dataclass
@@ -164,6 +165,8 @@ class TrainConfig:
         _choice("optim.schedule", self.optim.schedule, LR_SCHEDULES)
         _choice("dist.strategy", self.dist.strategy, STRATEGIES)
         _choice("model.prediction_type", self.model.prediction_type, ("v", "eps"))
+        if not self.model.snr_shift > 0:
+            raise ConfigError(f"model.snr_shift must be > 0 (1 = unshifted), got {self.model.snr_shift!r}")
         if self.model.prediction_type == "eps" and self.model.zero_terminal_snr:
             raise ConfigError("model.prediction_type = 'eps' cannot be used with zero_terminal_snr = true "
                               "(ε is undefined at SNR 0); use 'v' (the paper's choice)")
