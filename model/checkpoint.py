@@ -5,13 +5,11 @@ and read by the nodes and the CLI. Never pickle: only `.safetensors` is read or 
 
 Metadata (all str -> str, as safetensors requires):
   format="emu_video", format_version, kind ("video" | "interp" | "vae" | "text"), config (ModelConfig JSON),
-  prediction_type, zero_terminal_snr, num_frames, fps, stage, plus free-form extras (e.g. latent_scale).
+  prediction_type, zero_terminal_snr, snr_shift, num_frames, fps, stage, plus free-form extras (e.g. latent_scale).
 """
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -53,26 +51,13 @@ def atomic_save(tensors: dict[str, torch.Tensor], path, metadata: dict[str, str]
     leaves either the old file or the new one, never half of one."""
     from safetensors.torch import save_file
 
+    from .video_io import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(str(path)) as tmp:
         save_file(tensors, tmp, metadata={k: str(v) for k, v in metadata.items()})
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a model file should be readable like any other
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read_metadata(path) -> dict[str, str]:
@@ -94,6 +79,7 @@ def model_metadata(config: ModelConfig, extra: dict | None = None) -> dict[str, 
         "config": to_json(config),
         "prediction_type": config.schedule.prediction_type,
         "zero_terminal_snr": str(config.schedule.zero_terminal_snr).lower(),
+        "snr_shift": f"{config.schedule.snr_shift:g}",
         "num_frames": str(config.num_frames),
         "fps": str(config.fps),
         "stage": config.stage,

@@ -66,10 +66,19 @@ def atomic_path(path: str):
     os.close(fd)
     try:
         yield tmp
+        # mkstemp makes 0600 (and some writers, safetensors among them, recreate the file 0600 too):
+        # an output should be readable like any other file
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def next_free_path(folder: str, prefix: str, ext: str) -> str:

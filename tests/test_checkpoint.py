@@ -33,7 +33,22 @@ def test_round_trip_restores_weights_config_and_metadata(saved):
     assert meta["format"] == "emu_video" and meta["kind"] == "video" and meta["latent_scale"] == "0.5"
     assert meta["zero_terminal_snr"] == "true" and meta["prediction_type"] == "v"
     assert os.stat(path).st_mode & 0o044, "model files must be readable by others like any file (not 0600)"
-    assert not [f for f in os.listdir(path.parent) if f.endswith(".tmp")], "no temp file left behind"
+    assert not [f for f in os.listdir(path.parent) if ".tmp" in f], "no temp file left behind"
+
+
+def test_schedule_shift_round_trips_and_old_configs_default_to_unshifted(tmp_path):
+    import dataclasses
+    import json
+
+    from emu_video.model.config import ConfigError, ScheduleConfig, from_json, to_json
+    cfg = dataclasses.replace(tiny_config(), schedule=ScheduleConfig(snr_shift=9.0))
+    path = save_model(tmp_path / "shifted.safetensors", EmuUNet(cfg.unet), cfg)
+    assert load_model(path)[1].schedule.snr_shift == 9.0 and read_metadata(path)["snr_shift"] == "9"
+    data = json.loads(to_json(tiny_config()))
+    del data["schedule"]["snr_shift"]                      # a file written before the field existed
+    assert from_json(type(cfg), json.dumps(data)).schedule.snr_shift == 1.0
+    with pytest.raises(ConfigError, match="snr_shift"):
+        dataclasses.replace(tiny_config(), schedule=ScheduleConfig(snr_shift=0.0)).validate()
 
 
 def test_wrong_kind_is_refused_naming_the_right_loader(saved):

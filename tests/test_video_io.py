@@ -115,3 +115,24 @@ def test_png_grid(tmp_path):
     np.testing.assert_array_equal(decoded, grid_image(frames, 3))
     np.testing.assert_array_equal(decoded[6:12, 7:14], frames[4])
     assert decoded[6:12, 14:].max() == 0            # the empty slot is black
+
+
+def test_atomic_path_publishes_readable_files_and_leaves_nothing_on_failure(tmp_path):
+    import os
+
+    from emu_video.model.video_io import atomic_path
+    old = os.umask(0o022)
+    try:
+        with atomic_path(str(tmp_path / "out.txt")) as tmp:
+            with open(tmp, "w") as f:
+                f.write("done")
+        with pytest.raises(RuntimeError):
+            with atomic_path(str(tmp_path / "half.txt")) as tmp:
+                with open(tmp, "w") as f:
+                    f.write("half")
+                raise RuntimeError("killed mid-write")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.txt").read_text() == "done"
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o644   # mkstemp's 0600 would hide it from others
+    assert sorted(os.listdir(tmp_path)) == ["out.txt"]                # no half file, no temp file
