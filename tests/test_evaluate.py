@@ -35,6 +35,16 @@ def test_text_faithfulness_counts_each_attribute():
     assert em.text_faithfulness([])["all"] is None
 
 
+def test_judge_image_reads_one_picture_and_leaves_motion_unjudged():
+    frame = tw.render_clip(attrs(shape="triangle"), 64, 2)[0]
+    right = tw.judge_image(frame, attrs(shape="triangle"))
+    wrong = tw.judge_image(frame, attrs(shape="square"))
+    assert right["all_ok"] and right["seen"]["shape"] == "triangle" and "motion_ok" not in right
+    assert not wrong["shape_ok"] and wrong["colour_ok"] and not wrong["all_ok"]
+    rates = em.text_faithfulness([right, wrong])
+    assert rates["shape"] == 0.5 and rates["all"] == 0.5 and rates["colour"] == 1.0 and rates["motion"] is None
+
+
 def test_parse_caption_inverts_caption():
     for p in tw.sample_prompts(30, seed=1) + tw.sample_prompts(10, seed=1, held_out=True):
         assert em.parse_caption(p["caption"]) == p["attributes"]
@@ -146,6 +156,10 @@ def test_eval_main_writes_report_metrics_and_sheets(model_dir, tmp_path, capsys)
     assert m["animate.psnr_frame0"] == pytest.approx(m["animate.psnr_vae"], abs=1e-3)
     assert abs(m["animate.psnr_frame0_model"] - m["animate.psnr_frame0"]) > 1e-3
     assert m["text.vae.n"] == 2 and 0.0 <= m["text.vae.all"] <= 1.0   # the VAE round trip of every prompt is judged too
+    # each text→video clip's first frame (the text→image step) is judged on its own; motion needs a clip
+    assert m["text.first_frame.n"] == 2 and m["text.first_frame.motion"] is None
+    assert 0.0 <= m["text.first_frame.shape"] <= 1.0 and "| their first frames alone" in report
+    assert all(set(c["first_frame"]) >= {"colour_ok", "shape_ok", "background_ok", "all_ok"} for c in metrics["clips"])
     assert [c["group"] for c in metrics["clips"]] == ["held_out", "seen"]
     for name in ("t2v_held_out.png", "t2v_seen.png", "animate.png", "interp.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name})" in report
@@ -162,6 +176,13 @@ def test_eval_is_reproducible_for_a_seed(model_dir):
     a, b = (pipe.animate(picture, tw.caption(attrs()), seed=5) for _ in range(2))
     assert a.shape == (pipe.frames, pipe.size, pipe.size, 3) and np.array_equal(a, b)
     assert not np.array_equal(a, pipe.animate(picture, tw.caption(attrs()), seed=6))
+    frames, first = pipe.text_to_video(tw.caption(attrs()), seed=5)
+    assert first.shape == (pipe.size, pipe.size, 3) and first.dtype == np.uint8
+    again, first_again = pipe.text_to_video(tw.caption(attrs()), seed=5)
+    assert np.array_equal(first, first_again) and np.array_equal(frames, again)
+    direct = ev.EvalPipeline(pipe.models, ev.EvalSettings(steps=2, direct=True))
+    frames, first = direct.text_to_video(tw.caption(attrs()), seed=5)     # Table 1a's baseline: no first frame
+    assert first is None and frames.shape[1:] == (pipe.size, pipe.size, 3)
 
 
 def test_missing_or_incomplete_model_dir_is_a_clear_error(model_dir, tmp_path, capsys):

@@ -47,9 +47,11 @@ def parse_caption(text: str) -> dict:
 
 def text_faithfulness(judgements: list[dict]) -> dict:
     """Fraction of clips whose colour / shape / motion / background (and all at once) the oracle
-    found as prompted; `judgements` are toy_world.judge results. Rates are None for no clips."""
+    found as prompted; `judgements` are toy_world.judge (or judge_image) results. A rate is None for
+    no clips, or for an attribute the judgements do not judge (motion, for single pictures)."""
     n = len(judgements)
-    rates = {k: (sum(bool(j[f"{k}_ok"]) for j in judgements) / n if n else None) for k in (*ATTRIBUTES, "all")}
+    rates = {k: (sum(bool(j[f"{k}_ok"]) for j in judgements) / n
+                 if n and all(f"{k}_ok" in j for j in judgements) else None) for k in (*ATTRIBUTES, "all")}
     return {**rates, "n": n}
 
 

@@ -49,6 +49,7 @@ METRICS = {
     "interp.psnr_vae": ("{:.2f} dB", "ceiling: the true in-betweens after a VAE round trip (what any latent model can reach)"),
 }
 GROUPS = {"held_out": "held-out (generalisation)", "seen": "seen combinations",
+          "first_frame": "their first frames alone (text→image; motion not judged)",
           "animate": "animate (ground-truth first frame)", "ceiling": "oracle on rendered truth (ceiling)",
           "vae": "oracle on the truth after a VAE round trip (the latent's ceiling)"}
 
@@ -142,23 +143,24 @@ class EvalPipeline:
         return self.p.interpolate(self.interp.unet, self.interp_schedule, self.interp.config, latents, text, null,
                                   self.interp_sampler, seed, factor=self.factor)
 
-    def text_to_video(self, caption: str, seed: int) -> np.ndarray:
+    def text_to_video(self, caption: str, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
         """§3.2: first frame from text, video from text + frame, then interpolation when available.
-        Direct mode (Table 1a's baseline) samples the video from the text alone, with no known frame."""
+        Returns (uint8 frames, the uint8 first frame or None). Direct mode (Table 1a's baseline)
+        samples the video from the text alone, with no first frame."""
         text, null = self._text(caption)
         if self.direct:
             video = self.p.generate_video(self.F.unet, self.schedule, self.F.config, text, null, self.sampler, None,
                                           self.frames, seed, self.size, self.size, self.vae_factor)
             if self.interp is not None:
                 video = self._interpolate(video, text, null, seed)
-            return self._pixels(video)
+            return self._pixels(video), None
         first = self.p.generate_first_frame(self.F.unet, self.schedule, self.F.config, text, null, self.sampler,
                                             self.size, self.size, seed, self.vae_factor)
         image = self.p.decode(self.vae, first)[:, 0]
         video = self._video(text, null, self.p.encode_image(self.vae, image), seed)
         if self.interp is not None:
             video = self._interpolate(video, text, null, seed)
-        return self._pixels(video)
+        return self._pixels(video), to_uint8_frames(image)[0]
 
     def animate(self, picture: np.ndarray, caption: str, seed: int, keep_known: bool | None = None) -> np.ndarray:
         """keep_known None = the settings' choice; False shows what the model alone makes of frame 0."""
@@ -189,12 +191,13 @@ def _progress(items, desc: str, enabled: bool):
 def eval_text(pipe: EvalPipeline, prompts: list[dict], seed: int, progress: bool) -> list[dict]:
     clips = []
     for i, p in enumerate(_progress(prompts, "eval text→video", progress)):
-        frames = pipe.text_to_video(p["caption"], seed + i)
+        frames, first = pipe.text_to_video(p["caption"], seed + i)
         # the same prompt rendered by the world at the same size: how well the oracle itself can
         # read clips this small (its shape test needs ~64 px to be exact)
         truth = tw.render_clip(p["attributes"], pipe.size, len(frames), seed=[seed, i])
         clips.append(dict(p, frames=frames, measurements=tw.measure_frames(frames),
                           judgement=tw.judge(frames, p["attributes"]), ceiling=tw.judge(truth, p["attributes"]),
+                          first_frame=None if first is None else tw.judge_image(first, p["attributes"]),
                           vae=tw.judge(pipe.round_trip(truth), p["attributes"])))
     return clips
 
@@ -235,6 +238,9 @@ def summarise(text: list[dict], animate: list[dict], interp: list[dict], frame_s
     for group in ("held_out", "seen"):
         rates = em.text_faithfulness([c["judgement"] for c in text if c["group"] == group])
         out.update({f"text.{group}.{k}": v for k, v in rates.items()})
+    # where text following is lost: already in the text→image step, or in the video after it
+    firsts = [c["first_frame"] for c in text if c.get("first_frame") is not None]
+    out.update({f"text.first_frame.{k}": v for k, v in em.text_faithfulness(firsts).items()})
     out.update({f"text.animate.{k}": v for k, v in em.text_faithfulness([c["judgement"] for c in animate]).items()})
     for group in ("ceiling", "vae"):
         out.update({f"text.{group}.{k}": v for k, v in em.text_faithfulness([c[group] for c in text]).items()})
@@ -338,7 +344,7 @@ def evaluate(model_dir, out, prompts: list[dict], settings: EvalSettings, progre
         settings=recorded,
         metrics=summarise(text, animate, interp, pipe.size),
         clips=[dict(caption=c["caption"], group=c["group"], seed=settings.seed + i,
-                    **c["judgement"]) for i, c in enumerate(text)])
+                    **c["judgement"], first_frame=c["first_frame"]) for i, c in enumerate(text)])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sheets = write_sheets(out, text, animate, interp)

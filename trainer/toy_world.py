@@ -241,6 +241,16 @@ def motion_direction(centroids: list, frame_size: int, min_travel: float = 0.08)
     return "down" if slope[1] > 0 else "up"
 
 
+def judge_image(frame, attributes: dict) -> dict:
+    """Does one picture (a generated first frame) show the prompt's colour, shape and background?
+    dict(colour_ok, shape_ok, background_ok, all_ok, seen); motion needs a clip, so it has no key."""
+    m = measure_frame(np.asarray(frame))
+    result = {f"{k}_ok": m[k] == attributes[k] for k in ("colour", "shape", "background")}
+    result["all_ok"] = all(result.values())
+    result["seen"] = {k: m[k] for k in ("colour", "shape", "background")}
+    return result
+
+
 def judge(frames, attributes: dict) -> dict:
     """Does the clip show its attributes? dict(colour_ok, shape_ok, motion_ok, background_ok, all_ok)
     plus what was seen. Speed is not judged: generated clips may be longer or shorter."""
