@@ -148,6 +148,14 @@ def test_smoke_run_writes_report_and_resumes(tmp_path, base, capsys):
     assert log.count("trained already") == 9 and log.count("evaluated already") == 5
     assert export.stat().st_mtime_ns == stamp and report.read_text() == text
 
+    # a run stored before a config field existed (here model.snr_shift) reads it as its default: still equal
+    stored = out / "shared/baseline/config.json"
+    old = json.loads(stored.read_text())
+    assert old["model"].pop("snr_shift") == 1.0
+    stored.write_text(json.dumps(old))
+    assert cli.main(["table1", *argv]) == 0
+    assert capsys.readouterr().out.count("trained already") == 9
+
     # a changed budget in the same folder would make the pairs unequal: refused
     assert cli.main(["table1", *[a if a != "2" else "3" for a in argv]]) == 2
     assert "different config" in capsys.readouterr().err

@@ -32,7 +32,7 @@ def test_t2i_text_dropout_rate(tmp_path):
     """Text is replaced by the empty prompt at p_drop_text + p_drop_both (CFG training)."""
     class Cfg:
         class diffusion:
-            p_drop_text, p_drop_both = 0.3, 0.2
+            p_drop_text, p_drop_both, timestep_sampling = 0.3, 0.2, "uniform"
 
     class Schedule:
         num_train_timesteps = 1000

@@ -31,7 +31,7 @@ from typing import Callable
 
 from ..model.config import ConfigError, InputError
 from . import evaluate as ev
-from .config import TrainConfig, load_config
+from .config import TrainConfig, config_from_json, load_config
 
 # Per-role geometry, mirroring trainer/configs/toy_{vae,t2i,video_stage1,video_stage2}.toml (§3.3:
 # stage 1 low resolution / high fps / 1 s, stage 2 higher resolution / lower fps / 2 s).
@@ -239,8 +239,10 @@ def eval_prompts(held_out: int, per_background: int, seed: int) -> list[dict]:
 
 
 def _same_config(folder: Path, cfg: TrainConfig) -> None:
+    # Compared after loading through TrainConfig, so a field added later with a default (read back as
+    # that default) is no change, while any real difference in steps, --set or base config is.
     stored = folder / "config.json"
-    if stored.is_file() and json.loads(stored.read_text()) != json.loads(cfg.to_json()):
+    if stored.is_file() and json.loads(config_from_json(stored.read_text()).to_json()) != json.loads(cfg.to_json()):
         raise ConfigError(f"{folder} holds a run with a different config (steps, --set or base config changed); "
                           f"delete that folder or use another --out so budgets stay equal")
 

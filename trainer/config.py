@@ -20,6 +20,7 @@ STAGES = ("vae", "t2i", "video", "interp")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 STRATEGIES = ("ddp", "fsdp")
+TIMESTEP_SAMPLING = ("uniform", "logit_normal")
 
 
 @dataclass
@@ -80,6 +81,9 @@ class DiffusionSection:
     cond_noise_max: int = 250             # interp: conditioning noise τ ~ U{0..250} (§3.3)
     focus_weight: float = 0.0             # > 0: weight latent pixels by contrast with the frame's background
                                           # (objectives.latent_focus_weights); 0 = the paper's plain MSE
+    snr_gamma: float = 0.0                # > 0: Min-SNR-γ loss weights (objectives.min_snr_weights; Open-Sora-Plan
+                                          # trains v + zero SNR with 5); 0 = the paper's plain MSE
+    timestep_sampling: str = "uniform"    # uniform | logit_normal (objectives.timesteps: more mid-noise steps)
 
 
 @dataclass
@@ -196,6 +200,10 @@ class TrainConfig:
             raise ConfigError(f"ema.decay must be in [0, 1), got {self.ema.decay}")
         if self.diffusion.focus_weight < 0:
             raise ConfigError(f"diffusion.focus_weight must be >= 0 (0 = plain MSE), got {self.diffusion.focus_weight}")
+        if not self.diffusion.snr_gamma >= 0 or self.diffusion.snr_gamma == float("inf"):
+            raise ConfigError(f"diffusion.snr_gamma must be a finite number >= 0 (0 = off; 5 is the usual choice), "
+                              f"got {self.diffusion.snr_gamma}")
+        _choice("diffusion.timestep_sampling", self.diffusion.timestep_sampling, TIMESTEP_SAMPLING)
         if self.vae.focus_weight < 0:
             raise ConfigError(f"vae.focus_weight must be >= 0 (0 = plain per-pixel loss), got {self.vae.focus_weight}")
 

@@ -71,33 +71,65 @@ class VAELoss(nn.Module):
         return per_pixel.mean() + self.kl * kl
 
 
+def min_snr_weights(schedule, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ per-sample loss weights [B] (Hang et al. 2023, "Efficient Diffusion Training via
+    Min-SNR Weighting Strategy"): every timestep's loss counts as an x0-MSE weighted min(SNR_t, γ).
+
+    The plain v-MSE is (SNR+1)·x0-MSE, so the nearly clean steps, which are easy and pull the shared
+    weights their own way, dominate it; capping at γ moves the gradient to the mid-noise steps where
+    layout and shape are decided. Converted to the network's target: v → min(SNR, γ)/(SNR+1),
+    ε → min(SNR, γ)/SNR (the conversions diffusers' train_text_to_image uses). On a zero-terminal-SNR
+    schedule the last step (SNR 0) gets weight 0; its neighbours still train the near-pure-noise regime."""
+    ab = schedule.alpha_bar(t, torch.empty(t.shape[0], device=t.device)).float()
+    snr = ab / (1 - ab).clamp_min(1e-12)
+    capped = snr.clamp(max=gamma)
+    return capped / (snr + 1) if schedule.prediction_type == "v" else capped / snr
+
+
 class DiffusionLoss(nn.Module):
     """MSE to the schedule's target (v on the zero-terminal-SNR schedule, §3.3) for the U-Net.
 
-    focus > 0 weights latent pixels by contrast with the frame's background (latent_focus_weights).
+    focus > 0 weights latent pixels by contrast with the frame's background (latent_focus_weights);
+    snr_gamma > 0 weights timesteps (min_snr_weights). Both off = the paper's plain MSE.
     image mode (t2i): x0 [B, C, h, w], no known frames.
     video mode: x0 [B, C, T, h, w] with cond/mask [known-frame latents | mask] (Fig. 3).
     """
 
-    def __init__(self, unet, schedule, image_mode: bool, focus: float = 0.0):
+    def __init__(self, unet, schedule, image_mode: bool, focus: float = 0.0, snr_gamma: float = 0.0):
         super().__init__()
-        self.unet, self.schedule, self.image_mode, self.focus = unet, schedule, image_mode, focus
+        self.unet, self.schedule, self.image_mode = unet, schedule, image_mode
+        self.focus, self.snr_gamma = focus, snr_gamma
 
     def forward(self, x0, noise, t, context, masks, cond=None, mask=None) -> torch.Tensor:
         x_t = self.schedule.add_noise(x0, noise, t)
         x_in = x_t if self.image_mode else cond_lib.model_input(x_t, cond, mask)
         out = self.unet(x_in, t, context, masks, image_mode=self.image_mode)
         target = self.schedule.training_target(x0, noise, t)
-        if not self.focus:
+        if not self.focus and not self.snr_gamma:
             return F.mse_loss(out.float(), target.float())
-        w = latent_focus_weights(x0.float(), self.focus)
-        return ((out.float() - target.float()).pow(2) * w).mean() / w.mean()
+        err = (out.float() - target.float()).pow(2)
+        if self.focus:
+            w = latent_focus_weights(x0.float(), self.focus)
+            err = err * w / w.mean()
+        per_sample = err.flatten(1).mean(dim=1)            # equal sizes: their mean is the batch mean
+        if self.snr_gamma:
+            per_sample = per_sample * min_snr_weights(self.schedule, t, self.snr_gamma).to(per_sample.device)
+        return per_sample.mean()
 
 
 # --------------------------------------------------------------------------- per-stage inputs
 
-def timesteps(batch: int, schedule, gen: torch.Generator) -> torch.Tensor:
-    return torch.randint(0, schedule.num_train_timesteps, (batch,), generator=gen)
+def timesteps(batch: int, schedule, gen: torch.Generator, sampling: str = "uniform") -> torch.Tensor:
+    """Training timesteps [B]: uniform over 0..N-1 (DDPM, the paper), or logit-normal: t/N =
+    sigmoid(u), u ~ N(0, 1) (Esser et al. 2024 §3.1, SD3's best), which spends more steps at mid
+    noise and fewer at the nearly clean and nearly pure-noise ends (every step keeps some chance)."""
+    n = schedule.num_train_timesteps
+    if sampling == "uniform":
+        return torch.randint(0, n, (batch,), generator=gen)
+    if sampling == "logit_normal":
+        u = torch.randn(batch, generator=gen, dtype=torch.float64)
+        return (torch.sigmoid(u) * n).long().clamp(0, n - 1)
+    raise ValueError(f"unknown timestep sampling {sampling!r}; use 'uniform' or 'logit_normal'")
 
 
 def text_dropout(text: TextCondition, null: TextCondition, drop: torch.Tensor) -> TextCondition:
@@ -115,7 +147,8 @@ def t2i_inputs(latents: torch.Tensor, text: TextCondition, null: TextCondition, 
     drop = torch.rand(B, generator=gen) < p
     text = text_dropout(text, null, drop)
     noise = torch.randn(x0.shape, generator=gen)
-    return dict(x0=x0, noise=noise, t=timesteps(B, schedule, gen), context=text.context, masks=text.masks)
+    t = timesteps(B, schedule, gen, cfg.diffusion.timestep_sampling)
+    return dict(x0=x0, noise=noise, t=t, context=text.context, masks=text.masks)
 
 
 def with_dropout_and_noise(latents, cond, mask, text, null, cfg, schedule, gen) -> dict:
@@ -127,7 +160,8 @@ def with_dropout_and_noise(latents, cond, mask, text, null, cfg, schedule, gen) 
     cond, mask = cond_lib.drop_image(cond, mask, drop_i)
     text = text_dropout(text, null, drop_t)
     noise = torch.randn(latents.shape, generator=gen)
-    return dict(x0=latents, noise=noise, t=timesteps(B, schedule, gen), context=text.context, masks=text.masks,
+    t = timesteps(B, schedule, gen, d.timestep_sampling)
+    return dict(x0=latents, noise=noise, t=t, context=text.context, masks=text.masks,
                 cond=cond, mask=mask)
 
 
