@@ -22,6 +22,7 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEMO_DIR = PACKAGE_DIR / "demo"
 MANIFEST = "emu_video_models.json"
+TRAINER_EXPORT = "models.json"             # what `emu-video train` writes into <out_dir>/export
 EXAMPLE_IMAGE = "emu_video_example.png"   # the picture workflows/animate_image.json loads
 # The file names the shipped workflows reference (init-models writes exactly these).
 TINY_FILES = {
@@ -180,8 +181,21 @@ def write_example_image(path: str | os.PathLike) -> Path:
 
 # --------------------------------------------------------------------------- model sets
 
+def trainer_export_files(folder: Path) -> dict[str, Path]:
+    """A trainer export folder (`emu-video train`'s <out_dir>/export, whose models.json lists the
+    files as the trainer saw them: absolute or relative to where it ran) → model-set kind → path."""
+    data = json.loads((folder / TRAINER_EXPORT).read_text())
+    t5, clip = data["text"]
+    files = {"interp" if data.get("stage") == "interp" else "video": data["model"], "vae": data["vae"],
+             "t5": t5, "clip": clip}
+    # a file of the export itself is found beside models.json wherever the run was started
+    return {k: Path(v) if Path(v).exists() or not (folder / Path(v).name).exists() else folder / Path(v).name
+            for k, v in files.items()}
+
+
 def find_model_set(model_dir: str | os.PathLike | None) -> dict[str, Path]:
-    """The files of a model set folder: its manifest, else the init-models names."""
+    """The files of a model set folder: its manifest, else a trainer export's models.json, else the
+    init-models names."""
     folder = Path(model_dir) if model_dir else DEMO_DIR
     if not folder.is_dir():
         if model_dir:
@@ -189,6 +203,16 @@ def find_model_set(model_dir: str | os.PathLike | None) -> dict[str, Path]:
         raise CLIError("no model given and no demo model shipped with this install; run "
                        "`emu-video init-models --out models` and pass `--model models`")
     manifest = folder / MANIFEST
+    if not manifest.is_file() and (folder / TRAINER_EXPORT).is_file():
+        paths = trainer_export_files(folder)
+        if "video" not in paths:
+            raise CLIError(f"{folder} is an interpolation model's export; pass a video stage's export folder "
+                           f"(or a model set folder holding both) as --model")
+        missing = [f"{k}: {p}" for k, p in paths.items() if not p.exists()]
+        if missing:
+            raise CLIError(f"{folder / TRAINER_EXPORT} lists files that are not there ({', '.join(missing)}); "
+                           f"run from the folder the trainer ran in, or give absolute paths")
+        return paths
     files = json.loads(manifest.read_text()) if manifest.is_file() else dict(TINY_FILES)
     paths = {k: folder / v for k, v in files.items() if isinstance(v, str)}   # "sampling" holds defaults
     missing = [f"{k}: {p}" for k, p in paths.items() if k != "interp" and not p.exists()]
@@ -235,6 +259,10 @@ def make_video(args, image=None) -> Path:
     models = load_model_set(find_model_set(args.model), device=device)
     F, vae = models["video"], models["vae"]
     cfg = F.config
+    if not cfg.unet.temporal:
+        raise CLIError(f"{F.name} is a text-to-image model (no temporal layers): it draws one picture, not a "
+                       f"video; pass a video stage's export or a model set as --model (`emu-video eval` judges "
+                       f"a text-to-image export's pictures)")
     height, width = args.height or cfg.resolution, args.width or cfg.resolution
     frames = args.frames or cfg.num_frames
     settings = SamplerSettings(**sampling_settings(args))

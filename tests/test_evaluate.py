@@ -211,3 +211,82 @@ def test_interpolation_runs_with_its_own_guidance(model_dir):
                            ev.EvalSettings(steps=2, text_cfg=6.0, interp_text_cfg=2.5))
     assert (pipe.sampler.text_cfg, pipe.interp_sampler.text_cfg, pipe.interp_sampler.image_cfg) == (6.0, 2.5, 1.0)
     assert pipe.interp_sampler.steps == 2 and pipe.interp_sampler.keep_known
+
+
+# --------------------------------------------------------------------------- the text→image step alone
+
+def test_first_frames_only_judges_the_same_first_frames_as_the_full_eval(model_dir, tmp_path, capsys):
+    pipe = ev.EvalPipeline(cli.load_model_set(cli.find_model_set(model_dir)), ev.EvalSettings(steps=2))
+    _, first = pipe.text_to_video(tw.caption(attrs()), seed=4)
+    assert np.array_equal(pipe.first_frame(tw.caption(attrs()), seed=4), first)
+
+    full, alone = tmp_path / "full", tmp_path / "alone"
+    args = ["--model", str(model_dir), "--held-out", "1", "--steps", "2", "--quiet"]
+    assert ev.eval_main([*args, "--out", str(full)]) == 0
+    assert ev.eval_main([*args, "--out", str(alone), "--first-frames-only"]) == 0
+    assert "first frames: shape" in capsys.readouterr().out
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (full, alone))
+    firsts = {k: v for k, v in a["metrics"].items() if k.startswith("text.first_frame.")}
+    assert firsts and {k: b["metrics"][k] for k in firsts} == firsts
+    assert [c["first_frame"] for c in a["clips"]] == [c["first_frame"] for c in b["clips"]]
+    assert b["settings"]["first_frames_only"] and "text.held_out.all" not in b["metrics"]
+    assert b["metrics"]["text.ceiling.shape"] == 1.0 and b["metrics"]["text.ceiling.motion"] is None
+    report = (alone / "report.md").read_text()
+    assert "| their first frames alone" in report and "held-out (generalisation)" not in report
+    assert "animate.psnr_frame0" not in report and "| zero_snr.black_mean |" in report
+    for name in ("t2i_held_out.png", "t2i_seen.png"):
+        assert (alone / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name})" in report
+    assert not (alone / "animate.png").exists()
+
+    assert ev.eval_main([*args, "--out", str(tmp_path / "x"), "--first-frames-only", "--direct"]) == 1
+    assert "no first frame to judge" in capsys.readouterr().err
+
+
+def _t2i_export(model_dir, folder):
+    """A trainer export of a t2i model (no temporal layers): models.json as `emu-video train` writes
+    it, the model listed under the path of the folder it ran in, the rest elsewhere (absolute)."""
+    import dataclasses
+
+    from emu_video.model.checkpoint import load_model, save_model
+    from emu_video.model.unet import EmuUNet
+
+    paths = cli.find_model_set(model_dir)
+    video, cfg = load_model(paths["video"])
+    t2i_cfg = dataclasses.replace(cfg, unet=dataclasses.replace(cfg.unet, temporal=False), num_frames=1)
+    t2i = EmuUNet(t2i_cfg.unet)
+    t2i.load_state_dict({k: v for k, v in video.state_dict().items() if k in t2i.state_dict()})
+    folder.mkdir(parents=True)
+    save_model(folder / "model.safetensors", t2i, t2i_cfg)
+    (folder / "models.json").write_text(json.dumps(dict(
+        stage="t2i", name="t", model="runs/elsewhere/t2i/export/model.safetensors", vae=str(paths["vae"].resolve()),
+        text=[str(paths["t5"].resolve()), str(paths["clip"].resolve())])))
+    return folder
+
+
+def test_a_t2i_export_folder_is_a_model_and_is_judged_on_first_frames(model_dir, tmp_path, capsys):
+    export = _t2i_export(model_dir, tmp_path / "t2i" / "export")
+    assert cli.find_model_set(export)["video"] == export / "model.safetensors"
+    out = tmp_path / "eval"
+    assert cli.main(["eval", "--model", str(export), "--out", str(out), "--held-out", "1", "--steps", "2",
+                     "--quiet"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["settings"]["first_frames_only"] and m["metrics"]["text.first_frame.n"] == 2
+
+    interp = tmp_path / "interp_export"
+    interp.mkdir()
+    (interp / "models.json").write_text(json.dumps(dict(stage="interp", model="m.safetensors", vae="v",
+                                                        text=["a", "b"])))
+    assert cli.main(["eval", "--model", str(interp), "--out", str(out)]) == 2
+    assert "interpolation model's export" in capsys.readouterr().err
+    (export / "models.json").write_text(json.dumps(dict(stage="t2i", model="model.safetensors", vae="gone/vae.st",
+                                                        text=["a", "b"])))
+    assert cli.main(["eval", "--model", str(export), "--out", str(out)]) == 2
+    assert "lists files that are not there" in capsys.readouterr().err
+
+
+def test_generate_from_a_t2i_export_says_it_draws_pictures(model_dir, tmp_path, capsys):
+    export = _t2i_export(model_dir, tmp_path / "t2i" / "export")
+    out = tmp_path / "clip.mp4"
+    assert cli.main(["generate", "--model", str(export), "--prompt", "a red circle", "--out", str(out),
+                     "--steps", "2"]) == 2
+    assert "text-to-image model (no temporal layers)" in capsys.readouterr().err and not out.exists()

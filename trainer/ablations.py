@@ -258,19 +258,6 @@ def _save_record(folder: Path, record: dict) -> None:
     os.replace(tmp, folder / "ablation.json")
 
 
-def model_set(folder: Path) -> Path:
-    """Write the eval model-set manifest (emu_video_models.json) beside the run's export."""
-    from ..cli import MANIFEST
-
-    export = folder / "export"
-    files = json.loads((export / "models.json").read_text())
-    t5, clip = files["text"]
-    paths = {"video": files["model"], "vae": files["vae"], "t5": t5, "clip": clip}
-    manifest = {k: os.path.relpath(Path(v).resolve(), export.resolve()) for k, v in paths.items()}
-    (export / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return export
-
-
 def train_run(run: Run, cfg: TrainConfig, folder: Path, log) -> dict:
     from .train import train
 
@@ -304,7 +291,7 @@ def eval_run(run: Run, folder: Path, opts: Options, prompts: list[dict], log) ->
             log("  evaluated already, skipped")
             return result
     start = time.perf_counter()
-    result = ev.evaluate(model_set(folder), folder / "eval", prompts, settings, progress=False)
+    result = ev.evaluate(folder / "export", folder / "eval", prompts, settings, progress=False)
     _save_record(folder, dict(_record(folder), eval_wall_s=round(time.perf_counter() - start, 1)))
     m = result["metrics"]
     log(f"  evaluated in {_record(folder)['eval_wall_s']:.1f} s: held-out all {ev._fmt('', m['text.held_out.all'])}, "

@@ -13,6 +13,10 @@ Sections (metric functions in eval_metrics.py):
   zero_snr    mean background intensity of clips prompted black / white (§3.3, Lin et al.)
   interp      in-between frames of rendered clips vs the truth, next to linear blending
 
+--first-frames-only (automatic for a t2i export, which has no temporal layers) judges the
+text→image step alone: the same first frames, colour/shape/background, and the zero-SNR check.
+--model takes a model set folder or a trainer export folder (<out_dir>/export).
+
 Writes report.md, metrics.json and contact sheets (one row per clip) into --out.
 `compare_reports([metrics.json, ...])` turns several runs into one markdown table (docs/EVAL.md).
 """
@@ -68,6 +72,7 @@ class EvalSettings:
     interp_text_cfg: float = INTERP_FALLBACK["interp_text_cfg"]
     device: str | None = None
     direct: bool = False       # direct text-to-video (Table 1a baseline): no first frame, no animate section
+    first_frames_only: bool = False   # the text→image step alone (always so for a model without temporal layers)
 
 
 # --------------------------------------------------------------------------- prompts
@@ -154,13 +159,21 @@ class EvalPipeline:
             if self.interp is not None:
                 video = self._interpolate(video, text, null, seed)
             return self._pixels(video), None
-        first = self.p.generate_first_frame(self.F.unet, self.schedule, self.F.config, text, null, self.sampler,
-                                            self.size, self.size, seed, self.vae_factor)
-        image = self.p.decode(self.vae, first)[:, 0]
+        image = self._first_frame(text, null, seed)
         video = self._video(text, null, self.p.encode_image(self.vae, image), seed)
         if self.interp is not None:
             video = self._interpolate(video, text, null, seed)
         return self._pixels(video), to_uint8_frames(image)[0]
+
+    def _first_frame(self, text, null, seed: int):
+        first = self.p.generate_first_frame(self.F.unet, self.schedule, self.F.config, text, null, self.sampler,
+                                            self.size, self.size, seed, self.vae_factor)
+        return self.p.decode(self.vae, first)[:, 0]
+
+    def first_frame(self, caption: str, seed: int) -> np.ndarray:
+        """§3.2 step 1 alone: the uint8 picture F draws from the text, exactly as text_to_video's first frame."""
+        text, null = self._text(caption)
+        return to_uint8_frames(self._first_frame(text, null, seed))[0]
 
     def animate(self, picture: np.ndarray, caption: str, seed: int, keep_known: bool | None = None) -> np.ndarray:
         """keep_known None = the settings' choice; False shows what the model alone makes of frame 0."""
@@ -199,6 +212,19 @@ def eval_text(pipe: EvalPipeline, prompts: list[dict], seed: int, progress: bool
                           judgement=tw.judge(frames, p["attributes"]), ceiling=tw.judge(truth, p["attributes"]),
                           first_frame=None if first is None else tw.judge_image(first, p["attributes"]),
                           vae=tw.judge(pipe.round_trip(truth), p["attributes"])))
+    return clips
+
+
+def eval_first_frames(pipe: EvalPipeline, prompts: list[dict], seed: int, progress: bool) -> list[dict]:
+    """The text→image step alone: each prompt's first frame (the same seeds as eval_text), judged as
+    a picture, beside the rendered truth and its VAE round trip."""
+    clips = []
+    for i, p in enumerate(_progress(prompts, "eval text→image", progress)):
+        first = pipe.first_frame(p["caption"], seed + i)
+        truth = tw.render_clip(p["attributes"], pipe.size, 1, seed=[seed, i])[0]
+        clips.append(dict(p, frames=first[None], first_frame=tw.judge_image(first, p["attributes"]),
+                          ceiling=tw.judge_image(truth, p["attributes"]),
+                          vae=tw.judge_image(pipe.round_trip(truth[None])[0], p["attributes"])))
     return clips
 
 
@@ -258,6 +284,17 @@ def summarise(text: list[dict], animate: list[dict], interp: list[dict], frame_s
     return out
 
 
+def summarise_first_frames(clips: list[dict]) -> dict:
+    """metrics.json's dict for a first-frames-only run: the first-frame, ceiling and VAE rows and the
+    zero-SNR background check on the pictures."""
+    out = {}
+    for group in ("first_frame", "ceiling", "vae"):
+        out.update({f"text.{group}.{k}": v for k, v in em.text_faithfulness([c[group] for c in clips]).items()})
+    zero = em.zero_snr_check([(c["frames"], c["attributes"]) for c in clips])
+    out.update({f"zero_snr.{k}": v for k, v in zero.items()})
+    return out
+
+
 # --------------------------------------------------------------------------- report
 
 def _fmt(key: str, value) -> str:
@@ -273,6 +310,8 @@ def _fmt(key: str, value) -> str:
 def faithfulness_table(metrics: dict) -> str:
     rows = ["| prompts | n | colour | shape | motion | background | all |", "|---|---|---|---|---|---|---|"]
     for group, label in GROUPS.items():
+        if not metrics.get(f"text.{group}.n"):
+            continue                                   # a section this run did not have
         cells = [_fmt("", metrics.get(f"text.{group}.{k}")) for k in (*em.ATTRIBUTES, "all")]
         rows.append(f"| {label} | {metrics.get(f'text.{group}.n', 0)} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
@@ -280,7 +319,7 @@ def faithfulness_table(metrics: dict) -> str:
 
 def metric_table(metrics: dict) -> str:
     rows = ["| metric | value | what it measures |", "|---|---|---|"]
-    rows += [f"| {k} | {_fmt(k, metrics.get(k))} | {desc} |" for k, (_, desc) in METRICS.items()]
+    rows += [f"| {k} | {_fmt(k, metrics.get(k))} | {desc} |" for k, (_, desc) in METRICS.items() if k in metrics]
     return "\n".join(rows)
 
 
@@ -302,15 +341,22 @@ def _write_text(path: Path, text: str) -> None:
         Path(tmp).write_text(text)
 
 
-def write_sheets(out: Path, text: list[dict], animate: list[dict], interp: list[dict]) -> dict[str, str]:
+def write_sheets(out: Path, text: list[dict], animate: list[dict], interp: list[dict],
+                 first_frames: bool = False) -> dict[str, str]:
     """Contact sheets: title → file name. Animate rows start with the conditioning picture;
-    interpolation clips take three rows: truth, linear blend, model."""
+    interpolation clips take three rows: truth, linear blend, model. First frames alone: one
+    picture per prompt, a row per group."""
     sheets = {}
 
     def sheet(title, name, rows):
         if rows:
             write_png_grid(np.concatenate(rows), str(out / name), cols=len(rows[0]), pad=1)
             sheets[title] = name
+    if first_frames:
+        for group, label in (("held_out", "text→image, held-out prompts"), ("seen", "text→image, seen prompts")):
+            sheet(label, f"t2i_{group}.png", [np.concatenate([c["frames"] for c in text if c["group"] == group])]
+                  if any(c["group"] == group for c in text) else [])
+        return sheets
     for group, label in (("held_out", "text→video, held-out prompts"), ("seen", "text→video, seen prompts")):
         sheet(label, f"t2v_{group}.png", [c["frames"] for c in text if c["group"] == group])
     sheet("animate: picture, then generated frames", "animate.png",
@@ -331,23 +377,33 @@ def evaluate(model_dir, out, prompts: list[dict], settings: EvalSettings, progre
     paths = cli.find_model_set(model_dir)
     device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipe = EvalPipeline(cli.load_model_set(paths, device=device), settings)
-    text = eval_text(pipe, prompts, settings.seed, progress)
-    # a direct text-to-video model was trained without image conditioning: there is nothing to animate
-    animate = [] if settings.direct else eval_animate(pipe, prompts, settings.seed, progress)
-    held = [p for p in prompts if p["group"] == "held_out"] or prompts
-    interp = eval_interp(pipe, held, settings.seed, progress) if pipe.interp is not None else []
+    if not pipe.F.config.unet.temporal:              # a t2i export: it draws pictures, not videos
+        settings = replace(settings, first_frames_only=True)
+    if settings.first_frames_only and settings.direct:
+        raise InputError("--direct samples videos without a first frame, so there is no first frame to judge; "
+                         "drop --first-frames-only or --direct")
+    if settings.first_frames_only:
+        text, animate, interp = eval_first_frames(pipe, prompts, settings.seed, progress), [], []
+        metrics = summarise_first_frames(text)
+    else:
+        text = eval_text(pipe, prompts, settings.seed, progress)
+        # a direct text-to-video model was trained without image conditioning: there is nothing to animate
+        animate = [] if settings.direct else eval_animate(pipe, prompts, settings.seed, progress)
+        held = [p for p in prompts if p["group"] == "held_out"] or prompts
+        interp = eval_interp(pipe, held, settings.seed, progress) if pipe.interp is not None else []
+        metrics = summarise(text, animate, interp, pipe.size)
     recorded = dict(model_dir=str(model_dir), **{f"{k}_file": p.name for k, p in paths.items() if p.exists()},
                     **asdict(settings))
     recorded.update(device=str(device), size=pipe.size, frames=pipe.frames, interp_factor=pipe.factor,
                     prompts=len(prompts))
     result = dict(
         settings=recorded,
-        metrics=summarise(text, animate, interp, pipe.size),
+        metrics=metrics,
         clips=[dict(caption=c["caption"], group=c["group"], seed=settings.seed + i,
-                    **c["judgement"], first_frame=c["first_frame"]) for i, c in enumerate(text)])
+                    **c.get("judgement", {}), first_frame=c["first_frame"]) for i, c in enumerate(text)])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    sheets = write_sheets(out, text, animate, interp)
+    sheets = write_sheets(out, text, animate, interp, settings.first_frames_only)
     _write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
     _write_text(out / "report.md", render_report(result, sheets))
     return result
@@ -400,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
     p.add_argument("--direct", action="store_true",
                    help="direct text-to-video: sample the video without a first frame (Table 1a baseline)")
+    p.add_argument("--first-frames-only", action="store_true",
+                   help="judge the text→image step alone (automatic for a t2i export without temporal layers)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -408,7 +466,7 @@ def eval_main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     settings = EvalSettings(seed=args.seed, steps=args.steps, frames=args.frames, size=args.size,
                             image_cfg=args.image_cfg, text_cfg=args.text_cfg, rescale=args.rescale, device=args.device,
-                            direct=args.direct, keep_known=args.keep_known,
+                            direct=args.direct, keep_known=args.keep_known, first_frames_only=args.first_frames_only,
                             interp_image_cfg=args.interp_image_cfg, interp_text_cfg=args.interp_text_cfg)
     try:
         prompts = read_prompts(args.prompts) if args.prompts else default_prompts(args.held_out, args.seed)
@@ -417,6 +475,10 @@ def eval_main(argv=None) -> int:
         print(f"emu-video eval: {e}", file=sys.stderr)
         return 1
     m = result["metrics"]
+    if "text.held_out.all" not in m:
+        print(f"first frames: shape {_fmt('', m['text.first_frame.shape'])}, all-correct "
+              f"{_fmt('', m['text.first_frame.all'])}; wrote {Path(args.out) / 'report.md'}")
+        return 0
     print(f"held-out all-correct {_fmt('', m['text.held_out.all'])}, seen {_fmt('', m['text.seen.all'])}; "
           f"wrote {Path(args.out) / 'report.md'}")
     return 0

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..model.config import ConfigError, InputError
+from ..model.video_io import atomic_path
 from . import distributed as dist_lib
 from . import loop
 from .config import TrainConfig, load_config
@@ -100,7 +101,8 @@ def export(stage, out_dir: Path, ema, info, cfg: TrainConfig) -> dict:
         folder.mkdir(parents=True, exist_ok=True)
         paths = stage.export(folder, ema)
         manifest = {"stage": cfg.stage, "name": cfg.name, **paths}
-        (folder / "models.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        with atomic_path(str(folder / "models.json")) as tmp:      # written last: its presence means "exported"
+            Path(tmp).write_text(json.dumps(manifest, indent=2) + "\n")
     dist_lib.barrier(info)
     return paths
 
