@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
+from _trainer_common import FixedAnswer
 from emu_video.model.config import ConfigError, ScheduleConfig
 from emu_video.model.schedule import NoiseSchedule
 from emu_video.trainer.objectives import DiffusionLoss, latent_focus_weights
@@ -39,15 +39,6 @@ def test_video_latents_are_weighted_frame_by_frame():
         torch.testing.assert_close(w[:, :, t], latent_focus_weights(frame, 10.0))
 
 
-class _Answer(torch.nn.Module):
-    """A 'U-Net' that ignores its input and returns a fixed prediction."""
-
-    def __init__(self, out: torch.Tensor):
-        super().__init__()
-        self.out = out
-
-    def forward(self, x, t, context, masks, image_mode):
-        return self.out
 
 
 def _loss_with_error_at(focus: float, where: tuple[int, int]) -> torch.Tensor:
@@ -55,7 +46,7 @@ def _loss_with_error_at(focus: float, where: tuple[int, int]) -> torch.Tensor:
     x0, noise, t = _object_latents(), torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([500])
     out = schedule.training_target(x0, noise, t).clone()
     out[:, :, where[0], where[1]] += 0.5
-    return DiffusionLoss(_Answer(out), schedule, image_mode=True, focus=focus)(x0, noise, t, None, None)
+    return DiffusionLoss(FixedAnswer(out), schedule, image_mode=True, focus=focus)(x0, noise, t, None, None)
 
 
 def test_focus_makes_object_errors_cost_more_than_background_errors():

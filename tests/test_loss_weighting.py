@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
+from _trainer_common import FixedAnswer
 from emu_video.model.config import ConfigError, ScheduleConfig
 from emu_video.model.schedule import NoiseSchedule
 from emu_video.trainer.config import load_config
@@ -39,13 +39,6 @@ def test_min_snr_weights_for_eps_divide_by_snr():
                                rtol=1e-5, atol=1e-7)
 
 
-class _Answer(torch.nn.Module):
-    def __init__(self, out: torch.Tensor):
-        super().__init__()
-        self.out = out
-
-    def forward(self, x, t, context, masks, image_mode):
-        return self.out
 
 
 def _loss(t: torch.Tensor, err_in: int, snr_gamma: float, focus: float = 0.0) -> torch.Tensor:
@@ -54,7 +47,7 @@ def _loss(t: torch.Tensor, err_in: int, snr_gamma: float, focus: float = 0.0) ->
     x0, noise = torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 4, 8, 8, generator=gen)
     out = schedule.training_target(x0, noise, t).clone()
     out[err_in] += 0.5
-    loss = DiffusionLoss(_Answer(out), schedule, image_mode=True, focus=focus, snr_gamma=snr_gamma)
+    loss = DiffusionLoss(FixedAnswer(out), schedule, image_mode=True, focus=focus, snr_gamma=snr_gamma)
     return loss(x0, noise, t, None, None)
 
 
