@@ -354,8 +354,8 @@ def write_sheets(out: Path, text: list[dict], animate: list[dict], interp: list[
             sheets[title] = name
     if first_frames:
         for group, label in (("held_out", "text→image, held-out prompts"), ("seen", "text→image, seen prompts")):
-            sheet(label, f"t2i_{group}.png", [np.concatenate([c["frames"] for c in text if c["group"] == group])]
-                  if any(c["group"] == group for c in text) else [])
+            pictures = [c["frames"] for c in text if c["group"] == group]
+            sheet(label, f"t2i_{group}.png", [np.concatenate(pictures)] if pictures else [])
         return sheets
     for group, label in (("held_out", "text→video, held-out prompts"), ("seen", "text→video, seen prompts")):
         sheet(label, f"t2v_{group}.png", [c["frames"] for c in text if c["group"] == group])
