@@ -98,3 +98,14 @@ def test_oracle_on_empty_frame():
     blank = np.full((4, 32, 32, 3), 255, np.uint8)
     verdict = tw.judge(blank, dict(shape="circle", colour="red", motion="static", background="white", speed="none"))
     assert verdict["background_ok"] and not verdict["colour_ok"] and not verdict["all_ok"]
+
+
+def test_lossless_toy_data_holds_the_rendered_pixels(tmp_path):
+    """toy-data --lossless / data.toy_lossless: the clips read back as rendered (clip i from (seed, i))."""
+    assert tw.toy_data_main([str(tmp_path), "--clips", "2", "--size", "32", "--frames", "4", "--lossless"]) == 0
+    line = json.loads(open(os.path.join(tmp_path, "manifest.jsonl")).read().splitlines()[1])
+    rng = np.random.default_rng([0, 1])
+    attributes = tw.sample_attributes(rng)
+    assert attributes == line["attributes"]
+    np.testing.assert_array_equal(read_frames(os.path.join(tmp_path, line["path"])),
+                                  tw.render_clip(attributes, 32, 4, seed=rng))

@@ -72,3 +72,36 @@ def test_video_stage_with_focus_weighting_learns(assets):
     stage, losses = overfit(stage_cfg(assets, "video", init_from=assets["t2i"], **{"diffusion.focus_weight": 10.0}))
     assert stage.module.focus == 10.0
     assert sum(losses[-2:]) < 0.8 * sum(losses[:2])
+
+
+def test_vae_decoder_only_keeps_the_latent_space(assets, tmp_path):
+    """vae.train_decoder_only: the decoder learns, while the encoder and the latent scale the later
+    stages were trained on stay bit for bit those of the source file."""
+    from safetensors.torch import load_file
+
+    from emu_video.model.vae import load_vae
+    from emu_video.trainer.train import train
+
+    source = load_vae(assets["vae"])
+    source.cfg.scale_factor = 0.37        # as a trained VAE's export stores it
+    from emu_video.model.vae import save_vae
+    save_vae(source, tmp_path / "trained.safetensors")
+    cfg = config(tmp_path, "vae", assets["data"], **{"vae.path": str(tmp_path / "trained.safetensors"),
+                                                     "vae.train_decoder_only": True, "optim.lr": 3e-3})
+    stage = make_stage(cfg, torch.device("cpu"), make_dataset(cfg), cfg.to_json())
+    assert stage.trainable and all(n.startswith(("vae.decoder.", "vae.post_quant_conv.")) for n in stage.trainable)
+    train(cfg, log=lambda *a: None)
+    tuned, before = load_file(tmp_path / "vae" / "export" / "vae.safetensors"), source.state_dict()
+    encoder = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    decoder = [k for k in before if k.startswith("decoder.")]
+    assert encoder and all(torch.equal(tuned[k], before[k]) for k in encoder)
+    assert any(not torch.equal(tuned[k], before[k]) for k in decoder)
+    assert load_vae(tmp_path / "vae" / "export" / "vae.safetensors").cfg.scale_factor == pytest.approx(0.37)
+
+
+@pytest.mark.parametrize("sets, needs", [({"stage": "vae"}, "vae.path"),
+                                         ({"stage": "t2i", "vae.path": "v.safetensors"}, "stage = 'vae'")])
+def test_vae_decoder_only_needs_a_vae_to_tune(assets, tmp_path, sets, needs):
+    from emu_video.trainer.config import ConfigError
+    with pytest.raises(ConfigError, match=needs):
+        config(tmp_path, sets.pop("stage"), assets["data"], **{"vae.train_decoder_only": True, **sets})

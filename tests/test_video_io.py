@@ -136,3 +136,16 @@ def test_atomic_path_publishes_readable_files_and_leaves_nothing_on_failure(tmp_
     assert (tmp_path / "out.txt").read_text() == "done"
     assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o644   # mkstemp's 0600 would hide it from others
     assert sorted(os.listdir(tmp_path)) == ["out.txt"]                # no half file, no temp file
+
+
+def test_lossless_mp4_reads_back_exactly(tmp_path):
+    """lossless=True (RGB H.264, crf 0) returns every pixel; the default yuv420p does not on small
+    coloured shapes, which is why toy data for pixel-exact training is written losslessly."""
+    from emu_video.trainer.toy_world import render_clip
+
+    frames = render_clip(dict(colour="red", shape="triangle", motion="right", speed="fast", background="navy"),
+                         32, 4, seed=0)
+    exact = read_frames(write_mp4(frames, str(tmp_path / "exact.mp4"), 8, lossless=True))
+    lossy = read_frames(write_mp4(frames, str(tmp_path / "lossy.mp4"), 8))
+    assert np.array_equal(exact, frames)
+    assert not np.array_equal(lossy, frames)

@@ -24,7 +24,14 @@ from .toy_world import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, SPEEDS, caption
 
 
 def vae_for_training(cfg: TrainConfig) -> AutoencoderKL:
+    """A fresh VAE from the config, or with vae.train_decoder_only the VAE at vae.path with its
+    encoder frozen (only the decoder side has requires_grad, so `trainable` picks just that)."""
     v = cfg.vae
+    if v.train_decoder_only:
+        vae = load_vae(v.path).train().requires_grad_(True)
+        for part in (vae.encoder, vae.quant_conv):
+            part.requires_grad_(False)
+        return vae
     vae_cfg = VAEConfig(latent_channels=v.latent_channels, base_channels=v.base_channels,
                         channel_mult=tuple(v.channel_mult), num_res_blocks=v.num_res_blocks,
                         norm_groups=v.norm_groups, scale_factor=1.0)

@@ -46,6 +46,9 @@ class VAESection:
     l2_weight: float = 1.0
     kl_weight: float = 1e-6               # "small KL": keeps the latent smooth without blurring recon
     focus_weight: float = 0.0             # > 0: weight pixels by contrast with the frame's border colour (objectives.focus_weights)
+    train_decoder_only: bool = False      # stage vae: fine-tune the decoder of the VAE at `path`, encoder frozen, so
+                                          # the latent space later stages learned stays exactly the same (as SD's
+                                          # sd-vae-ft-mse); the architecture is the file's, the fields above are unused
 
 
 @dataclass
@@ -63,6 +66,7 @@ class DataSection:
     toy_size: int = 64
     toy_frames: int = 16                  # toy clips are toy_frames / toy_fps seconds long
     toy_fps: int = 8
+    toy_lossless: bool = False            # toy clips as lossless RGB H.264 (toy_world.generate), not yuv420p crf 18
     num_frames: int = 8                   # T (video), T_p (interp)
     fps: int = 8
     size: int = 32                        # square crop, pixels
@@ -194,6 +198,9 @@ class TrainConfig:
         if self.cache.enabled and (self.data.start != "center" or self.data.augment):
             raise ConfigError("cache.enabled needs a deterministic clip per video: set data.start = 'center' "
                               "and data.augment = '' (or disable the cache)")
+        if self.vae.train_decoder_only and (self.stage != "vae" or not self.vae.path):
+            raise ConfigError(f"vae.train_decoder_only fine-tunes an existing VAE's decoder: it needs stage = 'vae' "
+                              f"(got {self.stage!r}) and vae.path = that VAE's export (got {self.vae.path!r})")
         if self.stage in ("t2i", "video", "interp") and not self.vae.path:
             raise ConfigError(f"stage {self.stage!r} needs vae.path (a VAE export, e.g. from the 'vae' stage)")
         if not 0 <= self.ema.decay < 1:

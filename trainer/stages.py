@@ -53,7 +53,7 @@ class VAEStage:
         self.vae = build.vae_for_training(cfg).to(device)
         self.module = VAELoss(self.vae, cfg.vae.l1_weight, cfg.vae.l2_weight, cfg.vae.kl_weight,
                               cfg.vae.focus_weight)
-        self.trainable = {f"vae.{k}": p for k, p in self.vae.named_parameters()}
+        self.trainable = {f"vae.{k}": p for k, p in build.trainable(self.vae).items()}
 
     def loss(self, module, items: list[dict], gen: torch.Generator) -> torch.Tensor:
         video = torch.stack([it["video"] for it in items])                    # [B, 3, T, H, W]
@@ -74,7 +74,8 @@ class VAEStage:
 
     def export(self, out_dir: Path, ema) -> dict:
         with ema_weights(self.trainable, ema, self.cfg.ema.export):
-            self.vae.cfg.scale_factor = self.latent_scale()
+            if not self.cfg.vae.train_decoder_only:      # a fine-tuned decoder keeps the file's latent scale
+                self.vae.cfg.scale_factor = self.latent_scale()
             path = out_dir / "vae.safetensors"
             meta = {"format": "emu_video", "kind": "vae", "config": to_json(self.vae.cfg),
                     "train_config": self.config_json}

@@ -139,8 +139,9 @@ def render_clip(attributes: dict, size: int = 64, num_frames: int = 16, seed=0) 
 
 
 def generate(out: str, clips: int, size: int = 64, num_frames: int = 16, fps: float = 8, seed: int = 0,
-             held_out: str = "exclude") -> str:
-    """Write clips/clip_00000.mp4 ... and manifest.jsonl into `out`. Clip i depends only on (seed, i)."""
+             held_out: str = "exclude", lossless: bool = False) -> str:
+    """Write clips/clip_00000.mp4 ... and manifest.jsonl into `out`. Clip i depends only on (seed, i).
+    `lossless`: RGB H.264 at crf 0 (video_io.write_mp4), so training reads the rendered pixels exactly."""
     if clips < 1 or size < 16 or num_frames < 2:
         raise InputError("need --clips >= 1, --size >= 16 and --frames >= 2")
     os.makedirs(os.path.join(out, "clips"), exist_ok=True)
@@ -149,7 +150,7 @@ def generate(out: str, clips: int, size: int = 64, num_frames: int = 16, fps: fl
         rng = np.random.default_rng([seed, i])
         a = sample_attributes(rng, held_out)
         rel = f"clips/clip_{i:05d}.mp4"
-        write_mp4(render_clip(a, size, num_frames, seed=rng), os.path.join(out, rel), fps)
+        write_mp4(render_clip(a, size, num_frames, seed=rng), os.path.join(out, rel), fps, lossless=lossless)
         lines.append(json.dumps(dict(path=rel, caption=caption(a), fps=fps, frames=num_frames, attributes=a)))
     manifest = os.path.join(out, "manifest.jsonl")
     with atomic_path(manifest) as tmp:
@@ -278,9 +279,11 @@ def toy_data_main(argv=None) -> int:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--include-held-out", action="store_true", help="also generate HELD_OUT combinations")
     group.add_argument("--only-held-out", action="store_true", help="generate only HELD_OUT combinations (eval set)")
+    p.add_argument("--lossless", action="store_true",
+                   help="RGB H.264 at crf 0: frames read back exactly (default: yuv420p crf 18, which blurs colour edges)")
     args = p.parse_args(argv)
     held_out = "include" if args.include_held_out else "only" if args.only_held_out else "exclude"
-    manifest = generate(args.out, args.clips, args.size, args.frames, args.fps, args.seed, held_out)
+    manifest = generate(args.out, args.clips, args.size, args.frames, args.fps, args.seed, held_out, args.lossless)
     print(f"wrote {args.clips} clips and {manifest}")
     return 0
 

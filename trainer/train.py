@@ -32,7 +32,7 @@ def prepare_data(cfg: TrainConfig, info) -> None:
     if cfg.data.toy_clips > 0 and info.is_main and not (root / MANIFEST).is_file():
         from .toy_world import generate
         generate(str(root), cfg.data.toy_clips, size=cfg.data.toy_size, num_frames=cfg.data.toy_frames,
-                 fps=cfg.data.toy_fps, seed=cfg.seed)
+                 fps=cfg.data.toy_fps, seed=cfg.seed, lossless=cfg.data.toy_lossless)
     dist_lib.barrier(info)
 
 
