@@ -109,3 +109,23 @@ def test_generate_defaults_to_the_shipped_demo(tmp_path, capsys):
     video = cli.load_model_set(cli.find_model_set(None))
     factor = video["interp"].config.interp_factor
     assert info["frames"] == (video["video"].config.num_frames - 1) * factor + 1
+
+
+def test_demo_chain_configs_load_in_the_makefile_order():
+    """`make demo-model` trains DEMO_STAGES in order; the card lists the same stages, each config
+    loads and writes where the next stage and the assembly (demo.EXPORTS) read it."""
+    import re
+    from pathlib import Path
+
+    from emu_video.trainer.config import load_config
+
+    make = (Path(__file__).parents[1] / "Makefile").read_text()
+    stages = re.search(r"^DEMO_STAGES := (.*)$", make, re.M).group(1).split()
+    assert tuple(stages) == demo.STAGES
+    configs = {s: load_config(demo.CONFIG_DIR / f"demo_{s}.toml") for s in stages}
+    assert all(c.name == f"demo_{s}" and c.out_dir == f"runs/demo/{s}" for s, c in configs.items())
+    decoder = configs["vae_decoder"]
+    assert decoder.vae.train_decoder_only and decoder.vae.path == "runs/demo/vae/export/vae.safetensors"
+    assert demo.EXPORTS["vae"].startswith("vae_decoder/")
+    assert all(configs[s].vae.path == "runs/demo/vae/export/vae.safetensors"       # the latents F and I learned
+               for s in ("t2i", "video_stage1", "video_stage2", "interp"))

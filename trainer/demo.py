@@ -1,6 +1,7 @@
 """Assemble the shipped demo model set (`make demo-model`'s last training step) from the exports
-of the trainer/configs/demo_*.toml chain: F from video stage 2, I from interp, the VAE, and the
-frozen T5 + CLIP encoders built (and exported) by the t2i stage.
+of the trainer/configs/demo_*.toml chain: F from video stage 2, I from interp, the VAE (demo_vae's
+encoder with the decoder demo_vae_decoder fine-tuned), and the frozen T5 + CLIP encoders built (and
+exported) by the t2i stage.
 
     python -m emu_video.trainer.demo --runs runs/demo --out demo [--steps 25 --text-cfg 7.5 ...]
     python -m emu_video.trainer.demo --runs runs/demo --out demo --card docs/demo_eval   (MODEL_CARD.md)
@@ -36,7 +37,7 @@ DEMO_FILES = {
 EXPORTS = {
     "video": "video_stage2/export/model.safetensors",
     "interp": "interp/export/model.safetensors",
-    "vae": "vae/export/vae.safetensors",
+    "vae": "vae_decoder/export/vae.safetensors",      # demo_vae's latents, its decoder fine-tuned
     "t5": "t2i/export/text_t5.safetensors",
     "clip": "t2i/export/text_clip.safetensors",
 }
@@ -86,7 +87,7 @@ def assemble(runs, out, sampling: dict | None = None) -> dict[str, Path]:
 
 # --------------------------------------------------------------------------- model card
 
-STAGES = ("vae", "t2i", "video_stage1", "video_stage2", "interp")
+STAGES = ("vae", "vae_decoder", "t2i", "video_stage1", "video_stage2", "interp")
 CONFIG_DIR = Path(__file__).parent / "configs"
 # issue 5's targets: metric key → (comparison, threshold, label)
 TARGETS = {
@@ -164,7 +165,9 @@ def write_card(runs, eval_dir, out) -> Path:
               f"`emu-video toy-data runs/demo/data --clips {d['toy_clips']} --size {d['toy_size']} "
               f"--frames {d['toy_frames']} --fps {d['toy_fps']} --seed {base.get('seed', 0)}` (the first stage "
               f"writes it when the folder is empty): {d['toy_clips']} clips of {d['toy_frames']} frames "
-              f"({d['toy_frames'] / d['toy_fps']:g} s at {d['toy_fps']} fps), {d['toy_size']} px.", "",
+              f"({d['toy_frames'] / d['toy_fps']:g} s at {d['toy_fps']} fps), {d['toy_size']} px, as H.264 yuv420p "
+              f"(crf 18). The decoder fine-tune (demo_vae_decoder.toml) reads the same world written losslessly "
+              f"(`--lossless`, RGB crf 0, into runs/demo/data_lossless).", "",
               "Held-out attribute combinations (never in training data; the eval's held-out prompts use only these):", ""]
     lines += [f"- {', '.join(f'{k} = {v}' for k, v in combo.items())}" for combo in HELD_OUT]
     lines += ["", "## Training chain", "",
@@ -177,7 +180,7 @@ def write_card(runs, eval_dir, out) -> Path:
             continue
         s = stage_summary(runs, stage)
         total += s["wall_min"]
-        spatial = "n/a" if stage in ("vae", "t2i") else ("yes" if s["train_spatial"] else "no (frozen)")
+        spatial = "n/a" if stage in ("vae", "vae_decoder", "t2i") else ("yes" if s["train_spatial"] else "no (frozen)")
         lines.append(f"| {stage} | demo_{stage}.toml | {s['size']} | {s['frames']} @ {s['fps']} | {s['batch']} | "
                      f"{s['lr']:g} | {spatial} | {s['steps']} | {s['wall_min']:.1f} | "
                      f"{s['first_loss']:.4f} → {s['final_loss']:.4f} |")
