@@ -79,12 +79,11 @@ def test_vae_decoder_only_keeps_the_latent_space(assets, tmp_path):
     stages were trained on stay bit for bit those of the source file."""
     from safetensors.torch import load_file
 
-    from emu_video.model.vae import load_vae
+    from emu_video.model.vae import load_vae, save_vae
     from emu_video.trainer.train import train
 
     source = load_vae(assets["vae"])
     source.cfg.scale_factor = 0.37        # as a trained VAE's export stores it
-    from emu_video.model.vae import save_vae
     save_vae(source, tmp_path / "trained.safetensors")
     cfg = config(tmp_path, "vae", assets["data"], **{"vae.path": str(tmp_path / "trained.safetensors"),
                                                      "vae.train_decoder_only": True, "optim.lr": 3e-3})
