@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import InputError
+from .config import INTERP_FILLS, InputError
 
 
 @dataclass
@@ -100,15 +100,52 @@ def first_frame(image_latent: torch.Tensor, num_frames: int) -> tuple[torch.Tens
     return known_frames(image_latent.unsqueeze(2), [0], num_frames)
 
 
-def interpolation(latents: torch.Tensor, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Interpolation model (§3.3): K frames zero-interleaved into (K-1)·k+1 slots at 0, k, 2k, …"""
+def interpolation(latents: torch.Tensor, factor: int, fill: str = "zero") -> tuple[torch.Tensor, torch.Tensor]:
+    """Interpolation model (§3.3): K frames interleaved into (K-1)·k+1 slots at 0, k, 2k, …
+
+    fill = "zero": the paper's zero-interleaving. fill = "blend" or "residual": each in-between
+    slot holds the linear blend of its two neighbouring key latents (mask still 0 there), a
+    starting point the model refines instead of drawing the object again from its prior (our
+    deviation, see ModelConfig.interp_fill; "residual" also shifts the diffusion, see
+    interpolation_offset)."""
     if latents.ndim != 5 or latents.shape[2] < 2:
         raise InputError(f"interpolation needs at least 2 known frames [B, C, K>=2, h, w], "
                          f"got shape {tuple(latents.shape)}")
     if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
         raise InputError(f"interpolation factor must be an integer >= 1, got {factor!r}")
+    if fill not in INTERP_FILLS:
+        raise InputError(f"interpolation fill must be one of {INTERP_FILLS}, got {fill!r}")
     K = latents.shape[2]
-    return known_frames(latents, [i * factor for i in range(K)], (K - 1) * factor + 1)
+    cond, mask = known_frames(latents, [i * factor for i in range(K)], (K - 1) * factor + 1)
+    if fill != "zero":
+        cond = cond + (1 - mask) * linear_blend(latents, factor)
+    return cond, mask
+
+
+def interpolation_offset(clean_cond: torch.Tensor, fill: str) -> torch.Tensor:
+    """What I's diffusion is measured from: 0, or with fill = "residual" the clean conditioning
+    (key frames, blended in-betweens). I then diffuses x0 − offset, which is zero at the keys and
+    small wherever the blend is already right, so "keep the blend" is its starting answer and it
+    learns only where objects move; samplers add the offset back."""
+    return clean_cond if fill == "residual" else torch.zeros_like(clean_cond)
+
+
+def linear_blend(latents: torch.Tensor, factor: int) -> torch.Tensor:
+    """[B, C, K, h, w] → [B, C, (K-1)·k+1, h, w]: slot i·k + r = (1 − r/k)·frame i + (r/k)·frame i+1."""
+    lerped = torch.nn.functional.interpolate(latents.float(), size=((latents.shape[2] - 1) * factor + 1,
+                                             *latents.shape[3:]), mode="trilinear", align_corners=True)
+    return lerped.to(latents.dtype)
+
+
+def interpolation_inputs(latents: torch.Tensor, factor: int, fill: str, schedule, t_aug,
+                         generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What I sees, at training and inference alike: (clean cond, noise-augmented cond, mask).
+
+    Every slot that carries a latent is noised to τ (§3.3): the key frames, and with a blend fill
+    the blended in-betweens too, so neither tells the model more than a key frame would."""
+    cond, mask = interpolation(latents, factor, fill)
+    carried = mask if fill == "zero" else torch.ones_like(mask)
+    return cond, noise_augment(cond, carried, schedule, t_aug, generator), mask
 
 
 def extension(past: torch.Tensor, num_frames: int, overlap: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

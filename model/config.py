@@ -108,6 +108,9 @@ class TextEncoderConfig:
     max_length: int = 77                  # prompts are always padded to this length
 
 
+INTERP_FILLS = ("zero", "blend", "residual")   # I's in-between conditioning (conditioning.interpolation)
+
+
 @dataclass
 class ModelConfig:
     """Everything a video (F) or interpolation (I) model checkpoint needs to be used."""
@@ -119,6 +122,9 @@ class ModelConfig:
     fps: int = 8
     resolution: int = 256                 # pixels (square) it was trained at
     interp_factor: int = 4                # interp: T known frames -> (T-1)*k+1 frames
+    interp_fill: str = "zero"             # interp: in-between slots of the conditioning: "zero" (§3.2, the
+                                          # paper) | "blend" (linear blend of the neighbouring key latents) |
+                                          # "residual" (blend, and I draws only the correction to it)
     stage: str = "init"
 
     def validate(self) -> None:
@@ -128,6 +134,9 @@ class ModelConfig:
             raise ConfigError(f"text encoder dims {dims} do not match unet.context_dims {tuple(self.unet.context_dims)}")
         if self.kind not in ("video", "interp"):
             raise ConfigError(f"kind must be 'video' or 'interp', got {self.kind!r}")
+        if self.interp_fill not in INTERP_FILLS:
+            raise ConfigError(f"interp_fill must be one of {INTERP_FILLS} ('zero' = the paper's "
+                              f"zero-interleaving), got {self.interp_fill!r}")
         if not self.schedule.snr_shift > 0:
             raise ConfigError(f"schedule.snr_shift must be > 0 (1 = unshifted), got {self.schedule.snr_shift!r}")
         if self.schedule.prediction_type not in ("v", "eps"):

@@ -277,10 +277,12 @@ def interpolate(interp_unet, schedule, config: ModelConfig, latents: torch.Tenso
                 cancel: Callable | None = None) -> torch.Tensor:
     """Interpolation model I (§3.2): K known frames → (K−1)·k+1 frames.
 
-    The known frames are zero-interleaved at slots 0, k, 2k, … and noise-augmented to t = noise_aug
-    (§3.3: 100 at inference) exactly as in training. With settings.keep_known (the default) the key
-    frames are kept clean through every step (conditioning.pin_known_frames), so they come out as
-    given and the in-betweens are denoised beside them, with no seam; without it the model redraws them."""
+    The known frames go to slots 0, k, 2k, … (the in-betweens as config.interp_fill says: zeros, or
+    their blend) and are noise-augmented to t = noise_aug (§3.3: 100 at inference) exactly as in
+    training. With settings.keep_known (the default) the key frames are kept clean through every step
+    (conditioning.pin_known_frames), so they come out as given and the in-betweens are denoised beside
+    them, with no seam; without it the model redraws them. A "residual" model draws x0 − (keys +
+    blend), so the blend is added back at the end."""
     check_latents(latents, config)
     factor = config.interp_factor if factor in (None, 0) else factor
     if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
@@ -291,12 +293,17 @@ def interpolate(interp_unet, schedule, config: ModelConfig, latents: torch.Tenso
     if not 0 <= noise_aug < schedule.num_train_timesteps:
         raise InputError(f"noise augmentation timestep must be in 0..{schedule.num_train_timesteps - 1}, got {noise_aug}")
     check_frames((known - 1) * factor + 1, config, what=f"output frames ((K−1)·k+1 with K={known}, k={factor})")
-    cond, mask = cond_lib.interpolation(latents.float().cpu(), factor)
     generator = torch.Generator().manual_seed(int(seed) + 1)  # independent of the sampling noise stream
-    clean = cond
-    cond = cond_lib.noise_augment(cond, mask, schedule, noise_aug, generator)
-    return _sample_conditioned(interp_unet, schedule, config, text, null_text, settings, cond, mask, seed,
-                               callback, cancel, known=clean)
+    clean, cond, mask = cond_lib.interpolation_inputs(latents.float().cpu(), factor, config.interp_fill,
+                                                      schedule, noise_aug, generator)
+    offset = cond_lib.interpolation_offset(clean, config.interp_fill)
+    if config.interp_fill == "residual" and settings.image_cfg != 1:
+        raise InputError(f"this interpolation model draws corrections to its key frames' blend (interp_fill = "
+                         f"'residual') and has no branch without them: set its image guidance to 1 "
+                         f"(got {settings.image_cfg})")
+    out = _sample_conditioned(interp_unet, schedule, config, text, null_text, settings, cond, mask, seed,
+                              callback, cancel, known=clean - offset)
+    return out + offset
 
 
 def extend(unet, schedule, config: ModelConfig, latents: torch.Tensor, text: TextCondition, null_text: TextCondition,

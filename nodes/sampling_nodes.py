@@ -311,7 +311,9 @@ class EmuVideoSampler:
 
 class EmuVideoInterpolate:
     DESCRIPTION = ("Interpolation model I (§3.2): K frames → (K−1)·k+1 frames (raises the frame rate k×). The "
-                   "known frames are noise-augmented to t = 100 as in the paper (§3.3).")
+                   "known frames are noise-augmented to t = 100 as in the paper (§3.3). A model trained with "
+                   "interp_fill = residual (the demo) draws corrections to the key frames' blend and needs "
+                   "image_cfg = 1.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)

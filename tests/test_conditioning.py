@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from emu_video.model.conditioning import (AUG_T_INFERENCE, TextCondition, condition_dropout, drop_image, drop_text,
-                                          extension, first_frame, interpolation, known_frames, model_input,
-                                          noise_augment, sample_aug_timesteps)
+                                          extension, first_frame, interpolation, interpolation_inputs,
+                                          interpolation_offset, known_frames,
+                                          model_input, noise_augment, sample_aug_timesteps)
 from emu_video.model.config import InputError
 from emu_video.model.schedule import NoiseSchedule
 
@@ -85,6 +86,38 @@ def test_noise_augment_formula_and_mask():
     assert not torch.equal(per[0], per[1])
     taus = sample_aug_timesteps(1000, generator=torch.Generator().manual_seed(0))
     assert taus.min() >= 0 and taus.max() == 250
+
+
+def test_blend_fill_puts_the_linear_blend_of_the_neighbouring_keys_between_them():
+    x = lat(2, 3, 3, 2, 2)
+    zero, mask0 = interpolation(x, 4)
+    cond, mask = interpolation(x, 4, fill="blend")
+    assert torch.equal(mask, mask0)                                   # only the key frames count as known
+    assert torch.equal(cond[:, :, ::4], x) and torch.equal(zero[:, :, ::4], x)
+    assert zero[:, :, 1:4].eq(0).all() and zero[:, :, 5:8].eq(0).all()
+    for slot, (a, w) in {1: (0, 0.25), 2: (0, 0.5), 3: (0, 0.75), 6: (1, 0.5), 7: (1, 0.75)}.items():
+        torch.testing.assert_close(cond[:, :, slot], (1 - w) * x[:, :, a] + w * x[:, :, a + 1])
+    torch.testing.assert_close(interpolation(x, 4, fill="residual")[0], cond)   # same input, other target
+    with pytest.raises(InputError, match="fill must be one of"):
+        interpolation(x, 4, fill="nearest")
+
+
+def test_only_the_residual_fill_moves_the_diffusion_target():
+    cond, _ = interpolation(lat(1, 2, 2, 2, 2), 2, fill="residual")
+    assert interpolation_offset(cond, "zero").eq(0).all() and interpolation_offset(cond, "blend").eq(0).all()
+    assert torch.equal(interpolation_offset(cond, "residual"), cond)
+
+
+@pytest.mark.parametrize("fill", ["zero", "blend", "residual"])
+def test_interpolation_inputs_noise_every_slot_that_carries_a_latent(fill):
+    s, x = NoiseSchedule(), lat(1, 2, 2, 2, 2)
+    clean, noisy, mask = interpolation_inputs(x, 3, fill, s, AUG_T_INFERENCE, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(clean, interpolation(x, 3, fill)[0])
+    assert torch.equal(noisy[:, :, 1:3].eq(0), torch.full_like(noisy[:, :, 1:3], fill == "zero", dtype=torch.bool))
+    n = torch.randn(clean.shape, generator=torch.Generator().manual_seed(1))
+    ab = s.alphas_cumprod[AUG_T_INFERENCE].item()
+    carried = mask if fill == "zero" else torch.ones_like(mask)
+    torch.testing.assert_close(noisy, carried * (ab ** 0.5 * clean + (1 - ab) ** 0.5 * n))   # τ = 100 (§3.3)
 
 
 def test_drop_image_zeroes_cond_and_mask_per_sample():

@@ -149,6 +149,7 @@ def test_eval_main_writes_report_metrics_and_sheets(model_dir, tmp_path, capsys)
     m = metrics["metrics"]
     assert m["text.held_out.n"] == 1 and m["text.seen.n"] == 1 and m["interp.n"] == 1
     assert 0.0 <= m["text.held_out.all"] <= 1.0 and np.isfinite(m["interp.psnr_linear"])
+    assert np.isfinite(m["interp.psnr_latent_blend"])
     # the VAE-ceiling rows are real round trips: the tiny random VAE cannot reproduce a clip exactly
     assert 0 < m["animate.psnr_vae"] < 40 and 0 < m["interp.psnr_vae"] < 40
     # keep_known: frame 0 is the picture's own latent, so it equals the VAE round trip; the model's
@@ -211,6 +212,20 @@ def test_interpolation_runs_with_its_own_guidance(model_dir):
                            ev.EvalSettings(steps=2, text_cfg=6.0, interp_text_cfg=2.5))
     assert (pipe.sampler.text_cfg, pipe.interp_sampler.text_cfg, pipe.interp_sampler.image_cfg) == (6.0, 2.5, 1.0)
     assert pipe.interp_sampler.steps == 2 and pipe.interp_sampler.keep_known
+
+
+def test_latent_blend_baseline_decodes_the_keys_and_blends_between_them(model_dir):
+    from emu_video.trainer import toy_world as tw
+    pipe = ev.EvalPipeline(cli.load_model_set(cli.find_model_set(model_dir)), ev.EvalSettings(steps=2))
+    k = pipe.factor
+    attributes = tw.sample_prompts(1, 0)[0]["attributes"]
+    known = tw.render_clip(attributes, pipe.size, 3, seed=[0, 1])
+    out = pipe.latent_blend(known)
+    assert out.shape[0] == 2 * k + 1 and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[::k], pipe.round_trip(known))        # key slots: the keys' own latents
+    half = pipe._pixels(pipe._clip_latents(known[:2]).mean(dim=2, keepdim=True))[0]
+    assert k % 2 == 0                                                       # the tiny set interpolates ×2
+    assert np.abs(out[k // 2].astype(int) - half.astype(int)).max() <= 1   # the midpoint: the latents' mean
 
 
 # --------------------------------------------------------------------------- the text→image step alone

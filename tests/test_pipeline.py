@@ -1,4 +1,7 @@
 """model/pipeline.py: the §3.2 factorization steps on the tiny random model set (32 px, 4 frames)."""
+import copy
+import dataclasses
+
 import pytest
 import torch
 
@@ -142,6 +145,29 @@ def test_interpolate_gives_k_times_more_frames(models, texts):
     torch.testing.assert_close(out[:, :, ::2], lat, atol=1e-4, rtol=0)
     with pytest.raises(InputError, match="at least 2"):
         pipeline.interpolate(I.unet, I.schedule, I.config, lat[:, :, :1], *texts, SETTINGS, seed=0)
+
+
+def test_interpolate_conditions_as_the_model_was_trained(models, texts, monkeypatch):
+    """ModelConfig.interp_fill (saved in the checkpoint) decides what the in-between slots hold."""
+    I = models["interp"]
+    unet = copy.deepcopy(I.unet)
+    with torch.no_grad():   # the tiny model's conditioning channels and output start at zero: wake them up
+        for weight in (unet.input_blocks[0][0].cond.weight, unet.out[-1].weight):
+            weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
+    lat = video(models, texts)
+    fills, real = [], pipeline.cond_lib.interpolation_inputs
+    monkeypatch.setattr(pipeline.cond_lib, "interpolation_inputs", lambda *a, **k: fills.append(a[2]) or real(*a, **k))
+    settings = dataclasses.replace(SETTINGS, image_cfg=1.0)
+    configs = [dataclasses.replace(I.config, interp_fill=fill) for fill in ("zero", "blend", "residual")]
+    out = {cfg.interp_fill: pipeline.interpolate(unet, I.schedule, cfg, lat, *texts, settings, seed=0, factor=2)
+           for cfg in configs}
+    assert fills == ["zero", "blend", "residual"]
+    assert not torch.allclose(out["zero"][:, :, 1::2], out["blend"][:, :, 1::2])
+    assert not torch.allclose(out["blend"][:, :, 1::2], out["residual"][:, :, 1::2])
+    for fill in ("blend", "residual"):      # the key frames come out as given, whatever the target
+        torch.testing.assert_close(out[fill][:, :, ::2], lat, atol=1e-4, rtol=0)
+    with pytest.raises(InputError, match="set its image guidance to 1"):
+        pipeline.interpolate(I.unet, I.schedule, configs[2], lat, *texts, SETTINGS, seed=0, factor=2)
 
 
 def test_extend_keeps_the_past_and_appends(models, texts):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from emu_video.model.config import ConfigError
+from emu_video.model.config import ConfigError, ModelConfig
 from emu_video.trainer.batches import StepBatches
 from emu_video.trainer.config import load_config, parse_override
 from emu_video.trainer.ema import EMA
@@ -60,6 +60,20 @@ def test_snr_shift_reaches_the_model_schedule_and_bad_values_are_refused():
     assert model_config(load_config(None, base))[0].schedule.snr_shift == 1.0
     with pytest.raises(ConfigError, match="model.snr_shift must be > 0"):
         load_config(None, base + ["model.snr_shift=0"])
+
+
+def test_bad_interp_fills_are_refused():
+    """(test_trainer_stages checks that a good one reaches the exported model's config)"""
+    base = ["data.root=/tmp/x", "stage=interp", "vae.path=/tmp/vae.safetensors", "data.num_frames=9"]
+    assert load_config(None, base).diffusion.interp_fill == "zero"                  # the paper's default
+    with pytest.raises(ConfigError, match="diffusion.interp_fill = 'nearest' is not one of"):
+        load_config(None, base + ["diffusion.interp_fill=nearest"])
+    with pytest.raises(ConfigError, match="set diffusion.p_drop_image = 0"):       # defaults drop 5% + 5%
+        load_config(None, base + ["diffusion.interp_fill=residual"])
+    residual = base + ["diffusion.interp_fill=residual", "diffusion.p_drop_image=0", "diffusion.p_drop_both=0"]
+    assert load_config(None, residual).diffusion.interp_fill == "residual"
+    with pytest.raises(ConfigError, match="interp_fill must be one of"):
+        ModelConfig(interp_fill="nearest").validate()
 
 
 def test_extends_merges_sections(tmp_path):

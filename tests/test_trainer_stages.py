@@ -59,12 +59,28 @@ def test_video_stage_train_spatial_ablation(assets):
     assert any(not is_temporal_key(n) for n in stage.trainable)          # Table 1e: everything trains
 
 
-def test_interp_stage_learns(assets):
-    stage, losses = overfit(stage_cfg(assets, "interp", init_from=assets["t2i"],
-                                      **{"data.num_frames": 5, "diffusion.interp_factor": 4}))
+def interp_cfg(assets, fill, **extra):
+    no_image_drop = {"diffusion.p_drop_image": 0.0, "diffusion.p_drop_both": 0.0} if fill == "residual" else {}
+    return stage_cfg(assets, "interp", init_from=assets["t2i"], **{"data.num_frames": 5, "diffusion.interp_factor": 4,
+                                                                   "diffusion.interp_fill": fill}, **no_image_drop, **extra)
+
+
+@pytest.mark.parametrize("fill", ["zero", "blend", "residual"])
+def test_interp_stage_learns(assets, fill):
+    stage, losses = overfit(interp_cfg(assets, fill))
     assert sum(losses[-2:]) < 0.8 * sum(losses[:2])
     assert all(is_temporal_key(n) for n in stage.trainable)
-    assert stage.model_config.kind == "interp"
+    assert (stage.model_config.kind, stage.model_config.interp_fill) == ("interp", fill)   # saved with the weights
+
+
+def test_residual_interp_stage_writes_its_validation_samples(assets, tmp_path):
+    """validation.image_cfg (1.5 by default) cannot apply: the model has no branch without its key frames."""
+    cfg = interp_cfg(assets, "residual", **{"validation.prompts": ["a red circle moving quickly right on a black "
+                                                                   "background"], "validation.steps": 2})
+    stage = make_stage(cfg, torch.device("cpu"), make_dataset(cfg), cfg.to_json())
+    assert cfg.validation.image_cfg == 1.5 and stage._settings().image_cfg == 1.0
+    written = stage.validate(tmp_path, ema=None)
+    assert any(str(p).endswith(".mp4") for p in written)
 
 
 def test_video_stage_with_focus_weighting_learns(assets):
@@ -104,3 +120,24 @@ def test_vae_decoder_only_needs_a_vae_to_tune(assets, tmp_path, sets, needs):
     from emu_video.trainer.config import ConfigError
     with pytest.raises(ConfigError, match=needs):
         config(tmp_path, sets.pop("stage"), assets["data"], **{"vae.train_decoder_only": True, **sets})
+
+
+@pytest.mark.parametrize("fill", ["zero", "blend", "residual"])
+def test_interp_training_inputs_hold_what_the_fill_says(fill):
+    from emu_video.model.conditioning import TextCondition
+    from emu_video.model.schedule import NoiseSchedule
+    from emu_video.trainer.config import load_config
+    from emu_video.trainer.objectives import interp_inputs
+    cfg = load_config(None, ["data.root=/tmp/x", "stage=interp", "vae.path=/tmp/vae.safetensors", "data.num_frames=5",
+                             "diffusion.p_drop_text=0", "diffusion.p_drop_image=0", "diffusion.p_drop_both=0",
+                             f"diffusion.interp_fill={fill}"])
+    latents, text = torch.randn(2, 4, 5, 4, 4), TextCondition([torch.randn(2, 3, 8)], [None])
+    out = interp_inputs(latents, text, text, cfg, NoiseSchedule(), torch.Generator().manual_seed(0))
+    assert out["mask"][:, :, ::4].eq(1).all() and out["mask"][:, :, 1:4].eq(0).all()
+    assert bool(out["cond"][:, :, 1:4].eq(0).all()) == (fill == "zero")
+    if fill == "residual":      # I learns the correction to the clean keys + blend: zero at the keys
+        assert out["x0"][:, :, ::4].eq(0).all()
+        blend = (latents[:, :, 0] + latents[:, :, 4]) / 2
+        torch.testing.assert_close(out["x0"][:, :, 2], latents[:, :, 2] - blend)
+    else:
+        assert torch.equal(out["x0"], latents)

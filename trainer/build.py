@@ -53,18 +53,19 @@ def model_config(cfg: TrainConfig) -> tuple[ModelConfig, dict | None]:
     else:
         if cfg.stage == "interp" or (cfg.stage == "video" and not cfg.model.train_spatial):
             # A random frozen spatial U-Net ends in SD's zero-init output conv: nothing could learn.
+            fix = "" if cfg.stage == "interp" else " (or set model.train_spatial = true to train everything from scratch)"
             raise ConfigError(f"stage {cfg.stage!r} needs init_from: F starts from a trained text-to-image "
-                              f"model (§3.3) and I from F — chain from the t2i / video export "
-                              f"(or set model.train_spatial = true to train everything from scratch)")
+                              f"model (§3.3) and I from F — chain from the t2i / video export{fix}")
         if cfg.stage == "video":
             warnings.warn("video stage without init_from: training the whole U-Net from scratch")
         base, state = get_preset(cfg.model.preset), None
     unet = dataclasses.replace(base.unet, temporal=cfg.stage != "t2i")
     kind = "interp" if cfg.stage == "interp" else "video"
     frames = 1 if cfg.stage == "t2i" else cfg.data.num_frames
+    fill = cfg.diffusion.interp_fill if kind == "interp" else "zero"
     mc = dataclasses.replace(base, unet=unet, schedule=schedule, kind=kind, num_frames=frames, fps=cfg.data.fps,
                              resolution=cfg.data.size, stage=cfg.name,
-                             interp_factor=cfg.diffusion.interp_factor)
+                             interp_factor=cfg.diffusion.interp_factor, interp_fill=fill)
     mc.validate()
     if frames > unet.max_frames:
         raise ConfigError(f"data.num_frames = {frames} exceeds the model's max_frames = {unet.max_frames}")

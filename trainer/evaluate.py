@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cli import INTERP_FALLBACK
+from ..model.conditioning import linear_blend
 from ..model.config import InputError
 from ..model.video_io import atomic_path, to_uint8_frames, write_png_grid
 from . import eval_metrics as em
@@ -50,6 +51,8 @@ METRICS = {
     "zero_snr.white_mean": ("{:.1f}", "mean background level (0..255) of clips prompted white (want ~255)"),
     "interp.psnr_model": ("{:.2f} dB", "interpolation model: PSNR (pooled MSE over clips) of in-between frames vs the true ones"),
     "interp.psnr_linear": ("{:.2f} dB", "baseline: linear blend of the same key frames, same in-betweens"),
+    "interp.psnr_latent_blend": ("{:.2f} dB", "baseline: the key frames' latents blended linearly, then decoded "
+                                 "(where an interp_fill = 'residual' model starts)"),
     "interp.psnr_vae": ("{:.2f} dB", "ceiling: the true in-betweens after a VAE round trip (what any latent model can reach)"),
 }
 GROUPS = {"held_out": "held-out (generalisation)", "seen": "seen combinations",
@@ -188,6 +191,10 @@ class EvalPipeline:
         """uint8 frames through VAE encode + decode: the best any latent model can draw them."""
         return self._pixels(self._clip_latents(frames))
 
+    def latent_blend(self, known: np.ndarray) -> np.ndarray:
+        """K known uint8 frames → (K−1)·k+1 frames: their latents blended linearly, then decoded."""
+        return self._pixels(linear_blend(self._clip_latents(known), self.factor))
+
     def interpolate_frames(self, known: np.ndarray, caption: str, seed: int) -> np.ndarray:
         """K known uint8 frames → (K−1)·k+1 frames through the VAE and the interpolation model."""
         text, null = self._text(caption)
@@ -254,6 +261,7 @@ def eval_interp(pipe: EvalPipeline, prompts: list[dict], seed: int, progress: bo
         linear = em.linear_blend(truth[keys], k)
         clips.append(dict(p, truth=truth, model=model, linear=linear, mse_model=em.mse(model[middle], truth[middle]),
                           mse_linear=em.mse(linear[middle], truth[middle]),
+                          mse_latent_blend=em.mse(pipe.latent_blend(truth[keys])[middle], truth[middle]),
                           mse_vae=em.mse(pipe.round_trip(truth[middle]), truth[middle])))
     return clips
 
@@ -279,6 +287,7 @@ def summarise(text: list[dict], animate: list[dict], interp: list[dict], frame_s
     out.update({f"zero_snr.{k}": v for k, v in zero.items()})
     out["interp.psnr_model"] = em.pooled_psnr([c["mse_model"] for c in interp]) if interp else None
     out["interp.psnr_linear"] = em.pooled_psnr([c["mse_linear"] for c in interp]) if interp else None
+    out["interp.psnr_latent_blend"] = em.pooled_psnr([c["mse_latent_blend"] for c in interp]) if interp else None
     out["interp.psnr_vae"] = em.pooled_psnr([c["mse_vae"] for c in interp]) if interp else None
     out["interp.n"] = len(interp)
     return out

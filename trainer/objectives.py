@@ -174,14 +174,16 @@ def video_inputs(latents, text, null, cfg, schedule, gen) -> dict:
 
 
 def interp_inputs(latents, text, null, cfg, schedule, gen) -> dict:
-    """Interpolation (§3.3): every k-th frame known (zero-interleaved), noise-augmented to
-    τ ~ U{0..cond_noise_max} so generated key frames at inference look like training inputs."""
+    """Interpolation (§3.3): every k-th frame known (zero-interleaved, or with diffusion.interp_fill =
+    "blend" the in-betweens blended), noise-augmented to τ ~ U{0..cond_noise_max} so generated key
+    frames at inference look like training inputs."""
     B, _, T = latents.shape[:3]
     k = cfg.diffusion.interp_factor
-    cond, mask = cond_lib.interpolation(latents[:, :, ::k], k)
     tau = cond_lib.sample_aug_timesteps(B, cfg.diffusion.cond_noise_max, generator=gen)
-    cond = cond_lib.noise_augment(cond, mask, schedule, tau, generator=gen)
-    return with_dropout_and_noise(latents, cond, mask, text, null, cfg, schedule, gen)
+    clean, cond, mask = cond_lib.interpolation_inputs(latents[:, :, ::k], k, cfg.diffusion.interp_fill,
+                                                      schedule, tau, generator=gen)
+    x0 = latents - cond_lib.interpolation_offset(clean, cfg.diffusion.interp_fill)
+    return with_dropout_and_noise(x0, cond, mask, text, null, cfg, schedule, gen)
 
 
 STAGE_INPUTS = {"t2i": t2i_inputs, "video": video_inputs, "interp": interp_inputs}

@@ -149,7 +149,9 @@ class DiffusionStage:
 
     def _settings(self) -> SamplerSettings:
         v = self.cfg.validation
-        return SamplerSettings(steps=v.steps, image_cfg=v.image_cfg, text_cfg=v.text_cfg)
+        # a residual interpolation model has no branch without its key frames to guide against
+        image_cfg = 1.0 if self.model_config.interp_fill == "residual" else v.image_cfg
+        return SamplerSettings(steps=v.steps, image_cfg=image_cfg, text_cfg=v.text_cfg)
 
     @torch.no_grad()
     def validate(self, folder: Path, ema) -> list[str]:
