@@ -293,14 +293,14 @@ def interpolate(interp_unet, schedule, config: ModelConfig, latents: torch.Tenso
     if not 0 <= noise_aug < schedule.num_train_timesteps:
         raise InputError(f"noise augmentation timestep must be in 0..{schedule.num_train_timesteps - 1}, got {noise_aug}")
     check_frames((known - 1) * factor + 1, config, what=f"output frames ((K−1)·k+1 with K={known}, k={factor})")
-    generator = torch.Generator().manual_seed(int(seed) + 1)  # independent of the sampling noise stream
-    clean, cond, mask = cond_lib.interpolation_inputs(latents.float().cpu(), factor, config.interp_fill,
-                                                      schedule, noise_aug, generator)
-    offset = cond_lib.interpolation_offset(clean, config.interp_fill)
     if config.interp_fill == "residual" and settings.image_cfg != 1:
         raise InputError(f"this interpolation model draws corrections to its key frames' blend (interp_fill = "
                          f"'residual') and has no branch without them: set its image guidance to 1 "
                          f"(got {settings.image_cfg})")
+    generator = torch.Generator().manual_seed(int(seed) + 1)  # independent of the sampling noise stream
+    clean, cond, mask = cond_lib.interpolation_inputs(latents.float().cpu(), factor, config.interp_fill,
+                                                      schedule, noise_aug, generator)
+    offset = cond_lib.interpolation_offset(clean, config.interp_fill)
     out = _sample_conditioned(interp_unet, schedule, config, text, null_text, settings, cond, mask, seed,
                               callback, cancel, known=clean - offset)
     return out + offset
