@@ -173,5 +173,5 @@ class SpatialTransformer(nn.Module):
             hidden = self.proj_out(tokens_to_image(hidden, h, w))
         x = x + hidden
         if num_frames is not None and hasattr(self, "temporal"):
-            x = self.temporal(x, num_frames)
+            x = self.temporal(x, num_frames, context, masks)
         return x

@@ -44,6 +44,9 @@ class UNetConfig:
     temporal_kernel: int = 3
     temporal_head_dim: int = 64
     max_frames: int = 128                 # length of the temporal position table
+    # Not in the paper: temporal attention blocks also cross-attend to the text (as SVD's do), so
+    # words only the video shows (motion) reach the temporal layers directly (temporal.TemporalBlock).
+    temporal_text: bool = False
 
     @property
     def in_channels(self) -> int:

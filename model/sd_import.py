@@ -55,7 +55,7 @@ def infer_unet_config(sd: dict[str, torch.Tensor], *, num_heads: int | None = No
     """UNetConfig of an LDM-keyed U-Net state dict, read from tensor shapes.
 
     Heads cannot be read from shapes; the defaults follow SD 1.x (8 heads) / SD 2.x (head_dim 64),
-    chosen by the cross-attention width. `temporal_options` (temporal, temporal_kernel,
+    chosen by the cross-attention width. `temporal_options` (temporal, temporal_kernel, temporal_text,
     temporal_head_dim, max_frames) configure the new temporal layers.
     """
     if "input_blocks.0.0.weight" not in sd:

@@ -66,18 +66,47 @@ def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
 
 
 class TemporalBlock(nn.Module):
-    """Pre-norm self-attention over frames + GEGLU MLP."""
+    """Pre-norm self-attention over frames, optional cross-attention to the text, GEGLU MLP.
 
-    def __init__(self, dim: int, heads: int, head_dim: int):
+    The cross-attention (one per text encoder, `text_attn.{i}`/`text_norm.{i}`) is not in the paper,
+    whose temporal layers see the prompt only through the spatial layers' output. SVD's temporal
+    blocks (`time_stack`) do cross-attend; UNetConfig.temporal_text turns it on.
+    """
+
+    def __init__(self, dim: int, heads: int, head_dim: int, context_dims: tuple[int, ...] = ()):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn1 = CrossAttention(dim, None, heads, head_dim)
+        if context_dims:
+            self.text_norm = nn.ModuleList(nn.LayerNorm(dim) for _ in context_dims)
+            self.text_attn = nn.ModuleList(CrossAttention(dim, d, heads, head_dim) for d in context_dims)
+            for attn in self.text_attn:   # added to trained temporal layers, they change nothing at first
+                zero_init(attn.to_out[0])
         self.norm2 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: list[torch.Tensor] | None = None,
+                masks: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+        """x: [B*H*W, T, C] frame sequences; context/masks: one [B, L, D] / [B, L] per encoder."""
         x = x + self.attn1(self.norm1(x))
+        if hasattr(self, "text_attn"):
+            for norm, attn, ctx, mask in zip(self.text_norm, self.text_attn, context, masks):
+                x = x + cross_attend_per_clip(attn, norm(x), ctx, mask)
         return x + self.ff(self.norm2(x))
+
+
+def cross_attend_per_clip(attn: CrossAttention, x: torch.Tensor, context: torch.Tensor,
+                          mask: torch.Tensor | None) -> torch.Tensor:
+    """Cross-attention of every frame sequence of a clip to that clip's prompt.
+
+    x holds B clips' H*W sequences, clip-major. Each query attends to the keys on its own, so a
+    clip's H*W*T queries can share one sequence: the prompt is projected once per clip instead of
+    once per spatial position (exactly the same result, no [B*H*W, L, D] copy of the context).
+    """
+    rows, frames, dim = x.shape
+    clips = context.shape[0]
+    out = attn(x.reshape(clips, (rows // clips) * frames, dim), context, mask)
+    return out.reshape(rows, frames, dim)
 
 
 class TemporalAttention(nn.Module):
@@ -88,22 +117,29 @@ class TemporalAttention(nn.Module):
     §3.3: the final projection is zeroed, so the layer is an exact residual identity at init.
     """
 
-    def __init__(self, channels: int, head_dim: int, max_frames: int, depth: int = 1):
+    def __init__(self, channels: int, head_dim: int, max_frames: int, depth: int = 1,
+                 context_dims: tuple[int, ...] = ()):
         super().__init__()
         heads = max(1, channels // head_dim)
         inner = heads * head_dim
         self.norm = nn.LayerNorm(channels)
         self.proj_in = nn.Linear(channels, inner)
         self.pos_embed = nn.Parameter(sinusoidal_table(max_frames, inner))
-        self.blocks = nn.ModuleList(TemporalBlock(inner, heads, head_dim) for _ in range(depth))
+        self.blocks = nn.ModuleList(TemporalBlock(inner, heads, head_dim, context_dims) for _ in range(depth))
         self.proj_out = zero_init(nn.Linear(inner, channels))
 
-    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, num_frames: int, context: list[torch.Tensor] | None = None,
+                masks: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+        """context/masks: the spatial layers' per-frame text ([B*T, L, D], each clip's prompt
+        repeated T times); the temporal cross-attention reads one copy per clip."""
         h, w = x.shape[-2:]
         seq = to_frame_sequences(x, num_frames)
         hidden = self.proj_in(self.norm(seq))
         hidden = hidden + self.pos_embed[:num_frames].to(hidden.dtype)
+        if context is not None:
+            context = [c[::num_frames] for c in context]
+            masks = [None if m is None else m[::num_frames] for m in masks]
         for block in self.blocks:
-            hidden = block(hidden)
+            hidden = block(hidden, context, masks)
         seq = seq + self.proj_out(hidden)
         return from_frame_sequences(seq, num_frames, h, w)

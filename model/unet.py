@@ -71,8 +71,8 @@ class EmuUNet(nn.Module):
 
         def transformer(ch):
             heads, dim_head = (ch // cfg.head_dim, cfg.head_dim) if cfg.head_dim > 0 else (cfg.num_heads, ch // cfg.num_heads)
-            temporal = TemporalAttention(ch, cfg.temporal_head_dim, cfg.max_frames,
-                                          cfg.transformer_depth) if cfg.temporal else None
+            temporal = TemporalAttention(ch, cfg.temporal_head_dim, cfg.max_frames, cfg.transformer_depth,
+                                          ctx_dims if cfg.temporal_text else ()) if cfg.temporal else None
             return SpatialTransformer(ch, heads, dim_head, cfg.transformer_depth, ctx_dims, groups,
                                       cfg.use_linear_proj, temporal)
 

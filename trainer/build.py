@@ -59,7 +59,10 @@ def model_config(cfg: TrainConfig) -> tuple[ModelConfig, dict | None]:
         if cfg.stage == "video":
             warnings.warn("video stage without init_from: training the whole U-Net from scratch")
         base, state = get_preset(cfg.model.preset), None
-    unet = dataclasses.replace(base.unet, temporal=cfg.stage != "t2i")
+    # Added temporal cross-attention layers start like every temporal layer (§3.3: the block's output
+    # projection is zero) and load_initial accepts them as new temporal keys; never drop trained ones.
+    temporal_text = cfg.stage != "t2i" and (cfg.model.temporal_text or base.unet.temporal_text)
+    unet = dataclasses.replace(base.unet, temporal=cfg.stage != "t2i", temporal_text=temporal_text)
     kind = "interp" if cfg.stage == "interp" else "video"
     frames = 1 if cfg.stage == "t2i" else cfg.data.num_frames
     fill = cfg.diffusion.interp_fill if kind == "interp" else "zero"

@@ -31,6 +31,8 @@ class ModelSection:
     prediction_type: str = "v"            # §3.3: v-prediction ...
     zero_terminal_snr: bool = True        # ... on a zero-terminal-SNR schedule (stage 1 in the paper used SD's)
     snr_shift: float = 1.0                # SNR(t) × this (model.schedule.shift_snr): > 1 for latents smaller than SD's 64×64
+    temporal_text: bool = False           # temporal attention cross-attends to the text too (UNetConfig.temporal_text;
+                                          # not the paper's); a model started from that already has it keeps it
 
 
 @dataclass
