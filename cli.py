@@ -269,7 +269,8 @@ def make_video(args, image=None) -> Path:
     schedule = F.schedule
     text, null = pipeline.encode_prompts(models["text"], args.prompt, args.negative)
     if image is None:
-        latent = pipeline.generate_first_frame(F.unet, schedule, cfg, text, null, settings, height, width, args.seed,
+        latent = pipeline.generate_first_frame(F.unet, schedule, cfg, text, null, first_frame_settings(args, settings),
+                                               height, width, args.seed,
                                                vae.cfg.downsample_factor,
                                                callback=step_progress(settings.steps, "first frame"))
         image = pipeline.decode(vae, latent)[:, 0]
@@ -308,6 +309,14 @@ def _chosen(args, fallbacks: dict) -> dict:
 def sampling_settings(args) -> dict:
     """SamplerSettings arguments for the first frame and the video."""
     return _chosen(args, SAMPLING_FALLBACK)
+
+
+def first_frame_settings(args, settings):
+    """The video's SamplerSettings with the text→image step's own text guidance: --first-frame-cfg, else the
+    model set's, else the video's (sampling.first_frame_settings)."""
+    from .model.sampling import first_frame_settings as with_first_frame_cfg
+
+    return with_first_frame_cfg(settings, _chosen(args, {"first_frame_cfg": None})["first_frame_cfg"])
 
 
 def interp_settings(args, settings):
@@ -392,6 +401,8 @@ def _add_sampling_args(p):
     p.add_argument("--height", type=int, default=0)
     p.add_argument("--image-cfg", type=float, default=None, help="image guidance (default: the model set's, else 1.5)")
     p.add_argument("--text-cfg", type=float, default=None, help="text guidance (default: the model set's, else 7.5)")
+    p.add_argument("--first-frame-cfg", type=float, default=None,
+                   help="text guidance of the first frame (text→image; default: the model set's, else --text-cfg)")
     p.add_argument("--rescale", type=float, default=None, help="CFG rescale φ, 0 = off (default: the model set's, else 0.7)")
     p.add_argument("--interp-image-cfg", type=float, default=None,
                    help="the interpolation model's image guidance (default: the model set's, else 1 = off)")

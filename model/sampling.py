@@ -13,7 +13,7 @@ All guidance branches of a step run as ONE batched forward, branch-major along t
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -51,6 +51,13 @@ class SamplerSettings:
             raise InputError(f"eta must be >= 0, got {self.eta}")
         if not 0.0 <= self.rescale <= 1.0:
             raise InputError(f"rescale must be in [0, 1] (0 = off), got {self.rescale}")
+
+
+def first_frame_settings(settings: SamplerSettings, text_cfg: float | None) -> SamplerSettings:
+    """The text→image step's settings (§3.2 step 1): the video's, with the picture's own text guidance
+    where one is given. A scale tuned for the video can overshoot a single frame: the demo draws the
+    right shape far more often at 2 than at the video's 7.5 (demo/MODEL_CARD.md)."""
+    return settings if text_cfg is None else replace(settings, text_cfg=float(text_cfg))
 
 
 Denoiser = Callable[..., torch.Tensor]

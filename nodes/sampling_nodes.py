@@ -20,6 +20,10 @@ IMAGE_CFG = ("FLOAT", {"default": 1.5, "min": 0.0, "max": 20.0, "step": 0.05,
                                   "(applied first, then text; 1 = no extra image guidance)."})
 TEXT_CFG = ("FLOAT", {"default": 7.5, "min": 0.0, "max": 30.0, "step": 0.1,
                       "tooltip": "s_T, text guidance: how strongly the prompt is followed (1 = none)."})
+FIRST_FRAME_TEXT_CFG = ("FLOAT", {**TEXT_CFG[1], "tooltip": (
+    "s_T for the picture alone (1 = none). A scale tuned for the video can overshoot a single frame: the demo "
+    "model draws the prompted shape far more often at 2 than at 7.5 (its manifest's first_frame_cfg, and the "
+    "shipped workflows' value).")})
 # The interpolation model's guidance defaults to off (cli.INTERP_FALLBACK): its ∅-image branch is untrained.
 INTERP_IMAGE_CFG = ("FLOAT", {**IMAGE_CFG[1], "default": INTERP_FALLBACK["interp_image_cfg"]})
 INTERP_TEXT_CFG = ("FLOAT", {**TEXT_CFG[1], "default": INTERP_FALLBACK["interp_text_cfg"],
@@ -216,7 +220,7 @@ class EmuVideoFirstFrame:
             "vae": ("EMU_VAE",),
             "text": ("EMU_TEXT_COND",),
             "steps": ("INT", {"default": 50, "min": 1, "max": 1000}),
-            "text_cfg": TEXT_CFG,
+            "text_cfg": FIRST_FRAME_TEXT_CFG,
             "seed": SEED,
             "width": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 8, "tooltip": SIZE_TOOLTIP}),
             "height": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 8, "tooltip": SIZE_TOOLTIP}),

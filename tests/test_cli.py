@@ -64,6 +64,25 @@ def test_generate_writes_an_mp4(model_dir, tmp_path, capsys):
     assert info["fps"] == pytest.approx(8)
 
 
+def test_generate_draws_the_first_frame_with_its_own_guidance(model_dir, tmp_path, monkeypatch):
+    from emu_video.model import pipeline
+
+    used = {}
+
+    def spy(name):
+        original = getattr(pipeline, name)
+
+        def call(unet, schedule, config, text, null, settings, *args, **kwargs):
+            used[name] = settings.text_cfg
+            return original(unet, schedule, config, text, null, settings, *args, **kwargs)
+        monkeypatch.setattr(pipeline, name, call)
+    spy("generate_first_frame")
+    spy("generate_video")
+    assert cli.main(["generate", "--prompt", PROMPT, "--model", str(model_dir), "--out", str(tmp_path / "c.mp4"),
+                     "--steps", "2", "--text-cfg", "5", "--first-frame-cfg", "2", "--no-interp"]) == 0
+    assert used == {"generate_first_frame": 2.0, "generate_video": 5.0}
+
+
 def test_animate_any_picture(model_dir, tmp_path, capsys):
     from emu_video.model.video_io import write_png
 

@@ -69,6 +69,34 @@ def test_interpolation_guidance_is_its_own_setting(fake_runs, tmp_path):
     assert (interp.text_cfg, interp.image_cfg) == (3.0, 1.2)
 
 
+def test_first_frame_guidance_is_its_own_setting(fake_runs, tmp_path):
+    from emu_video.model.sampling import SamplerSettings
+
+    video = SamplerSettings(steps=7, image_cfg=1.5, text_cfg=7.5)
+    parse = cli.build_parser().parse_args
+    plain, tuned = tmp_path / "plain", tmp_path / "tuned"
+    demo.assemble(fake_runs, plain, dict(steps=7))
+    demo.assemble(fake_runs, tuned, dict(steps=7, first_frame_cfg=2.0))
+    # A set without the key (every set written before it) draws the picture with the video's guidance.
+    assert cli.first_frame_settings(parse(["generate", "--prompt", PROMPT, "--model", str(plain)]), video) == video
+    first = cli.first_frame_settings(parse(["generate", "--prompt", PROMPT, "--model", str(tuned)]), video)
+    assert (first.text_cfg, first.image_cfg, first.steps) == (2.0, 1.5, 7)
+    assert video.text_cfg == 7.5                                   # the video's own scale is untouched
+    first = cli.first_frame_settings(parse(["generate", "--prompt", PROMPT, "--model", str(tuned),
+                                            "--first-frame-cfg", "4"]), video)
+    assert first.text_cfg == 4.0
+
+
+def test_assembly_stores_first_frame_guidance_only_when_given(fake_runs, tmp_path):
+    out = tmp_path / "demo"
+    assert demo.main(["--runs", str(fake_runs), "--out", str(out), "--first-frame-cfg", "2"]) == 0
+    assert cli.model_set_sampling(out)["first_frame_cfg"] == 2.0
+    assert demo.main(["--runs", str(fake_runs), "--out", str(out)]) == 0
+    assert "first_frame_cfg" not in cli.model_set_sampling(out)
+    assert demo._first_frame_arg({"first_frame_cfg": 2.0}) == " --first-frame-cfg 2.0"
+    assert demo._first_frame_arg({}) == ""
+
+
 def test_init_models_demo_copies_under_workflow_names(fake_runs, tmp_path, monkeypatch):
     source = tmp_path / "demo"
     demo.assemble(fake_runs, source, dict(steps=5))

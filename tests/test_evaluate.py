@@ -214,6 +214,28 @@ def test_interpolation_runs_with_its_own_guidance(model_dir):
     assert pipe.interp_sampler.steps == 2 and pipe.interp_sampler.keep_known
 
 
+def test_first_frames_use_their_own_guidance(model_dir, monkeypatch):
+    from emu_video.model import pipeline
+
+    models = cli.load_model_set(cli.find_model_set(model_dir))
+    same = ev.EvalPipeline(models, ev.EvalSettings(steps=2, text_cfg=6.0))
+    own = ev.EvalPipeline(models, ev.EvalSettings(steps=2, text_cfg=6.0, first_frame_cfg=1.5))
+    assert same.first_sampler == same.sampler
+    assert (own.first_sampler.text_cfg, own.sampler.text_cfg, own.first_sampler.steps) == (1.5, 6.0, 2)
+    used = []
+    original = pipeline.generate_first_frame
+
+    def spy(unet, schedule, config, text, null, settings, *args, **kwargs):
+        used.append(settings.text_cfg)
+        return original(unet, schedule, config, text, null, settings, *args, **kwargs)
+    monkeypatch.setattr(pipeline, "generate_first_frame", spy)
+    caption = tw.caption(attrs())
+    _, first = own.text_to_video(caption, seed=4)          # text→video draws its picture with the same scale
+    assert np.array_equal(first, own.first_frame(caption, seed=4))
+    same.first_frame(caption, seed=4)
+    assert used == [1.5, 1.5, 6.0]
+
+
 def test_latent_blend_baseline_decodes_the_keys_and_blends_between_them(model_dir):
     from emu_video.trainer import toy_world as tw
     pipe = ev.EvalPipeline(cli.load_model_set(cli.find_model_set(model_dir)), ev.EvalSettings(steps=2))

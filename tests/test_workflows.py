@@ -40,6 +40,21 @@ def test_ui_links_are_consistent(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_workflows_sample_with_the_demo_models_guidance(name):
+    """The workflows run the demo set (init-models --preset demo): their scales are its manifest's."""
+    sampling = cli.model_set_sampling(cli.DEMO_DIR)
+    for node in load(name, api=True).values():
+        inputs = node["inputs"]
+        if node["class_type"] == "EmuVideoFirstFrame":
+            assert (inputs["text_cfg"], inputs["steps"]) == (sampling["first_frame_cfg"], sampling["steps"])
+        if node["class_type"] in ("EmuVideoSampler", "EmuVideoExtend"):
+            assert (inputs["text_cfg"], inputs["image_cfg"]) == (sampling["text_cfg"], sampling["image_cfg"])
+        if node["class_type"] == "EmuVideoInterpolate":
+            assert (inputs["text_cfg"], inputs["image_cfg"]) == (sampling["interp_text_cfg"],
+                                                                 sampling["interp_image_cfg"])
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_workflows_reference_the_init_models_files(name):
     names = {Path(p).name for p in cli.TINY_FILES.values()}
     referenced = {v for node in load(name, api=True).values() for k, v in node["inputs"].items()

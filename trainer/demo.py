@@ -188,7 +188,8 @@ def write_card(runs, eval_dir, out) -> Path:
               f"final loss: mean of the last 8 logged batch losses, logged every 25 steps).", "",
               "## Evaluation (`emu-video eval`)", "",
               f"`emu-video eval --model demo --out {eval_dir} --held-out {settings.get('prompts', 0) // 2} "
-              f"--steps {settings.get('steps')} --text-cfg {settings.get('text_cfg')} --image-cfg {settings.get('image_cfg')} "
+              f"--steps {settings.get('steps')} --text-cfg {settings.get('text_cfg')}{_first_frame_arg(settings)} "
+              f"--image-cfg {settings.get('image_cfg')} "
               f"--interp-text-cfg {settings.get('interp_text_cfg')} --interp-image-cfg {settings.get('interp_image_cfg')}"
               f"{'' if settings.get('keep_known', True) else ' --no-keep-known'}` "
               f"(seed {settings.get('seed')}, {settings.get('size')} px, {settings.get('frames')} frames × "
@@ -202,12 +203,19 @@ def write_card(runs, eval_dir, out) -> Path:
     return card
 
 
+def _first_frame_arg(settings: dict) -> str:
+    value = settings.get("first_frame_cfg")
+    return "" if value is None else f" --first-frame-cfg {value}"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m emu_video.trainer.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", default="runs/demo", help="out_dir root of the demo_*.toml chain")
     p.add_argument("--out", default=None, help="demo folder (default: the package's demo/)")
     p.add_argument("--steps", type=int, default=25, help="default DDIM steps stored for the CLI")
     p.add_argument("--text-cfg", type=float, default=7.5)
+    p.add_argument("--first-frame-cfg", type=float, default=None,
+                   help="text guidance of the first frame stored for the CLI (default: none, i.e. --text-cfg)")
     p.add_argument("--image-cfg", type=float, default=1.5)
     p.add_argument("--rescale", type=float, default=0.7)
     p.add_argument("--interp-image-cfg", type=float, default=INTERP_FALLBACK["interp_image_cfg"])
@@ -222,6 +230,8 @@ def main(argv=None) -> int:
         return 0
     sampling = dict(steps=args.steps, text_cfg=args.text_cfg, image_cfg=args.image_cfg, rescale=args.rescale,
                     interp_image_cfg=args.interp_image_cfg, interp_text_cfg=args.interp_text_cfg)
+    if args.first_frame_cfg is not None:
+        sampling["first_frame_cfg"] = args.first_frame_cfg
     written = assemble(args.runs, args.out or DEMO_DIR, sampling)
     total = sum(p.stat().st_size for p in written.values())
     for kind, path in written.items():

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..cli import INTERP_FALLBACK
 from ..model.conditioning import linear_blend
+from ..model.sampling import first_frame_settings
 from ..model.config import InputError
 from ..model.video_io import atomic_path, to_uint8_frames, write_png_grid
 from . import eval_metrics as em
@@ -69,6 +70,7 @@ class EvalSettings:
     size: int = 0              # square pixel size; 0 = the model's resolution
     image_cfg: float = 1.5
     text_cfg: float = 7.5
+    first_frame_cfg: float | None = None   # the text→image step's own text guidance; None = text_cfg
     rescale: float = 0.7
     keep_known: bool = True    # known frames pinned while sampling (SamplerSettings.keep_known)
     interp_image_cfg: float = INTERP_FALLBACK["interp_image_cfg"]   # the interpolation model's own guidance
@@ -123,6 +125,7 @@ class EvalPipeline:
         self.sampler.validate(self.schedule)
         self.interp_sampler = replace(self.sampler, image_cfg=settings.interp_image_cfg,
                                       text_cfg=settings.interp_text_cfg)
+        self.first_sampler = first_frame_settings(self.sampler, settings.first_frame_cfg)
         self.size = settings.size or self.F.config.resolution
         self.frames = pipeline.check_frames(settings.frames or self.F.config.num_frames, self.F.config)
         self.vae_factor = self.vae.cfg.downsample_factor
@@ -169,7 +172,7 @@ class EvalPipeline:
         return self._pixels(video), to_uint8_frames(image)[0]
 
     def _first_frame(self, text, null, seed: int):
-        first = self.p.generate_first_frame(self.F.unet, self.schedule, self.F.config, text, null, self.sampler,
+        first = self.p.generate_first_frame(self.F.unet, self.schedule, self.F.config, text, null, self.first_sampler,
                                             self.size, self.size, seed, self.vae_factor)
         return self.p.decode(self.vae, first)[:, 0]
 
@@ -457,6 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=d.size, help="square pixel size (0 = model's resolution)")
     p.add_argument("--image-cfg", type=float, default=d.image_cfg)
     p.add_argument("--text-cfg", type=float, default=d.text_cfg)
+    p.add_argument("--first-frame-cfg", type=float, default=d.first_frame_cfg,
+                   help="text guidance of the text→image step (default: --text-cfg)")
     p.add_argument("--rescale", type=float, default=d.rescale, help="CFG rescale φ (0 = off)")
     p.add_argument("--interp-image-cfg", type=float, default=d.interp_image_cfg)
     p.add_argument("--interp-text-cfg", type=float, default=d.interp_text_cfg)
@@ -474,7 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
 def eval_main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     settings = EvalSettings(seed=args.seed, steps=args.steps, frames=args.frames, size=args.size,
-                            image_cfg=args.image_cfg, text_cfg=args.text_cfg, rescale=args.rescale, device=args.device,
+                            image_cfg=args.image_cfg, text_cfg=args.text_cfg, first_frame_cfg=args.first_frame_cfg,
+                            rescale=args.rescale, device=args.device,
                             direct=args.direct, keep_known=args.keep_known, first_frames_only=args.first_frames_only,
                             interp_image_cfg=args.interp_image_cfg, interp_text_cfg=args.interp_text_cfg)
     try:
