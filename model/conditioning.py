@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import INTERP_FILLS, InputError
+from .config import IMAGE_FILLS, INTERP_FILLS, InputError
 
 
 @dataclass
@@ -93,11 +93,23 @@ def known_frames(latents: torch.Tensor, positions: Sequence[int], num_frames: in
     return cond, mask
 
 
-def first_frame(image_latent: torch.Tensor, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image-to-video (§3.2 step 2): the image is frame 0 of a `num_frames` clip."""
+def hold_last_known(cond: torch.Tensor, mask: torch.Tensor, last: torch.Tensor, fill: str) -> torch.Tensor:
+    """fill = "zero": cond as is (§3.2, Fig. 3: the unknown slots are zeros). fill = "hold": every
+    unknown slot holds `last` [B, C, h, w], the last known frame, as SVD repeats its conditioning image
+    over all frames (our deviation, see ModelConfig.image_fill): each frame's own input channels then
+    show what the object looks like, where zeros leave only the temporal layers to carry it over."""
+    if fill not in IMAGE_FILLS:
+        raise InputError(f"image fill must be one of {IMAGE_FILLS}, got {fill!r}")
+    return cond if fill == "zero" else cond + (1 - mask) * last.unsqueeze(2)
+
+
+def first_frame(image_latent: torch.Tensor, num_frames: int, fill: str = "zero") -> tuple[torch.Tensor, torch.Tensor]:
+    """Image-to-video (§3.2 step 2): the image is frame 0 of a `num_frames` clip (the other slots
+    zeros, or with fill = "hold" the image again; see hold_last_known)."""
     if image_latent.ndim != 4:
         raise InputError(f"image latent must be [B, C, h, w], got shape {tuple(image_latent.shape)}")
-    return known_frames(image_latent.unsqueeze(2), [0], num_frames)
+    cond, mask = known_frames(image_latent.unsqueeze(2), [0], num_frames)
+    return hold_last_known(cond, mask, image_latent, fill), mask
 
 
 def interpolation(latents: torch.Tensor, factor: int, fill: str = "zero") -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,10 +160,12 @@ def interpolation_inputs(latents: torch.Tensor, factor: int, fill: str, schedule
     return cond, noise_augment(cond, carried, schedule, t_aug, generator), mask
 
 
-def extension(past: torch.Tensor, num_frames: int, overlap: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def extension(past: torch.Tensor, num_frames: int, overlap: int | None = None,
+              fill: str = "zero") -> tuple[torch.Tensor, torch.Tensor]:
     """Video extension (§4.3, Fig. 7): the last `overlap` frames of `past` open the new clip.
 
     overlap defaults to all K frames of `past`; at least one new frame must remain to generate.
+    The new slots are zeros, or with fill = "hold" the last known frame (hold_last_known).
     """
     if past.ndim != 5:
         raise InputError(f"past frames must be latents [B, C, K, h, w], got shape {tuple(past.shape)}")
@@ -161,7 +175,8 @@ def extension(past: torch.Tensor, num_frames: int, overlap: int | None = None) -
     if overlap >= num_frames:
         raise InputError(f"{overlap} known frames leave nothing to generate in a {num_frames}-frame clip; "
                          f"use fewer known frames or a longer clip")
-    return known_frames(past[:, :, past.shape[2] - overlap:], list(range(overlap)), num_frames)
+    cond, mask = known_frames(past[:, :, past.shape[2] - overlap:], list(range(overlap)), num_frames)
+    return hold_last_known(cond, mask, past[:, :, -1], fill), mask
 
 
 def noise_augment(cond: torch.Tensor, mask: torch.Tensor, schedule, t_aug,

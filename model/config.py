@@ -112,6 +112,7 @@ class TextEncoderConfig:
 
 
 INTERP_FILLS = ("zero", "blend", "residual")   # I's in-between conditioning (conditioning.interpolation)
+IMAGE_FILLS = ("zero", "hold")                  # F's unknown frame slots (conditioning.first_frame)
 
 
 @dataclass
@@ -128,6 +129,9 @@ class ModelConfig:
     interp_fill: str = "zero"             # interp: in-between slots of the conditioning: "zero" (§3.2, the
                                           # paper) | "blend" (linear blend of the neighbouring key latents) |
                                           # "residual" (blend, and I draws only the correction to it)
+    image_fill: str = "zero"              # video: unknown frame slots of the conditioning: "zero" (§3.2, Fig. 3,
+                                          # the paper) | "hold" (each holds the last known frame, as SVD repeats
+                                          # its image; the mask still marks only the known ones)
     stage: str = "init"
 
     def validate(self) -> None:
@@ -140,6 +144,9 @@ class ModelConfig:
         if self.interp_fill not in INTERP_FILLS:
             raise ConfigError(f"interp_fill must be one of {INTERP_FILLS} ('zero' = the paper's "
                               f"zero-interleaving), got {self.interp_fill!r}")
+        if self.image_fill not in IMAGE_FILLS:
+            raise ConfigError(f"image_fill must be one of {IMAGE_FILLS} ('zero' = the paper's zero padding), "
+                              f"got {self.image_fill!r}")
         if not self.schedule.snr_shift > 0:
             raise ConfigError(f"schedule.snr_shift must be > 0 (1 = unshifted), got {self.schedule.snr_shift!r}")
         if self.schedule.prediction_type not in ("v", "eps"):

@@ -267,7 +267,7 @@ def generate_video(unet, schedule, config: ModelConfig, text: TextCondition, nul
         mask = torch.zeros(b, 1, num_frames, h, w)
     else:
         check_latents(image_latent, config, ndim=4)
-        cond, mask = cond_lib.first_frame(image_latent.float().cpu(), num_frames)
+        cond, mask = cond_lib.first_frame(image_latent.float().cpu(), num_frames, config.image_fill)
     return _sample_conditioned(unet, schedule, config, text, null_text, settings, cond, mask, seed, callback, cancel)
 
 
@@ -320,7 +320,8 @@ def extend(unet, schedule, config: ModelConfig, latents: torch.Tensor, text: Tex
         raise InputError(f"context_frames={context_frames} but the video has only {latents.shape[2]} frames; "
                          f"use at most {latents.shape[2]}")
     window = check_frames(context_frames + new_frames, config, what="frames (context + new)")
-    cond, mask = cond_lib.extension(latents[:, :, -context_frames:].float().cpu(), window)
+    cond, mask = cond_lib.extension(latents[:, :, -context_frames:].float().cpu(), window,
+                                    fill=config.image_fill)
     out = _sample_conditioned(unet, schedule, config, text, null_text, settings, cond, mask, seed, callback, cancel)
     return torch.cat([latents.float().cpu(), out[:, :, context_frames:].cpu()], dim=2)
 

@@ -29,6 +29,24 @@ def test_first_frame_is_frame_zero_of_x0():
     assert mask[:, 0, :, 0, 0].tolist() == [[1, 0, 0, 0, 0]]
 
 
+def test_hold_fill_repeats_the_known_frame_in_every_unknown_slot():
+    x0 = lat(2, 4, 5, 3, 3)
+    cond, mask = first_frame(x0[:, :, 0], 5, fill="hold")
+    for t in range(5):                                   # every slot shows the image ...
+        assert torch.equal(cond[:, :, t], x0[:, :, 0])
+    assert mask[:, 0, :, 0, 0].tolist() == [[1, 0, 0, 0, 0]] * 2    # ... but only slot 0 is marked known
+    past = lat(1, 2, 4, 2, 2, seed=1)
+    cond, mask = extension(past, 6, overlap=2, fill="hold")
+    assert torch.equal(cond[:, :, :2], past[:, :, 2:])
+    for t in range(2, 6):                                # new slots hold the last past frame
+        assert torch.equal(cond[:, :, t], past[:, :, -1])
+    assert mask[0, 0, :, 0, 0].tolist() == [1, 1, 0, 0, 0, 0]
+    zero_cond, _ = extension(past, 6, overlap=2)
+    assert zero_cond[:, :, 2:].eq(0).all()               # the default stays the paper's zero padding
+    with pytest.raises(InputError, match="image fill must be one of"):
+        first_frame(x0[:, :, 0], 5, fill="repeat")
+
+
 def test_interpolation_interleaves_every_kth_slot():
     x = lat(1, 2, 3, 2, 2)
     cond, mask = interpolation(x, 4)

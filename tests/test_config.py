@@ -18,6 +18,16 @@ def test_checkpoints_written_before_interp_fill_load_as_the_papers_zero_interlea
     assert from_json(ModelConfig, json.dumps(stored)).interp_fill == "zero"
 
 
+def test_checkpoints_written_before_image_fill_load_as_the_papers_zero_padding():
+    import json
+    stored = json.loads(to_json(ModelConfig(image_fill="hold")))
+    assert from_json(ModelConfig, json.dumps(stored)).image_fill == "hold"
+    del stored["image_fill"]
+    assert from_json(ModelConfig, json.dumps(stored)).image_fill == "zero"
+    with pytest.raises(ConfigError, match="image_fill must be one of"):
+        ModelConfig(image_fill="repeat").validate()
+
+
 def test_unknown_keys_are_rejected_with_a_clear_message():
     with pytest.raises(ConfigError, match="unknown keys"):
         from_json(UNetConfig, '{"latent_channels": 4, "bogus": 1}')

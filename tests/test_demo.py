@@ -157,3 +157,35 @@ def test_demo_chain_configs_load_in_the_makefile_order():
     assert demo.EXPORTS["vae"].startswith("vae_decoder/")
     assert all(configs[s].vae.path == "runs/demo/vae/export/vae.safetensors"       # the latents F and I learned
                for s in ("t2i", "video_stage1", "video_stage2", "interp"))
+
+
+def _fake_stage_run(runs, stage, losses, it_per_s=2.0):
+    folder = runs / stage
+    (folder / "export").mkdir(parents=True, exist_ok=True)
+    (folder / "export" / "models.json").write_text("{}")
+    (folder / "metrics.jsonl").write_text("\n".join(json.dumps(dict(step=25 * (i + 1), loss=x, it_per_s=it_per_s))
+                                                    for i, x in enumerate(losses)) + "\n")
+    cfg = dict(data=dict(batch_size=4, size=64, num_frames=8, fps=4), optim=dict(lr=2e-4), model=dict(train_spatial=True))
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def test_card_keeps_stages_whose_runs_are_gone_from_its_training_log(fake_runs, tmp_path):
+    """The card's training table is rewritten from the runs that are there and, for the others, from
+    demo/training_log.json, which each rewrite updates: no stage row depends on runs/ surviving."""
+    from pathlib import Path
+
+    out = tmp_path / "demo"
+    demo.assemble(fake_runs, out, dict(steps=7))
+    eval_dir = Path(__file__).parents[1] / "docs" / "demo_eval"
+    _fake_stage_run(fake_runs, "video_stage2", [0.5, 0.25, 0.125])
+    card = demo.write_card(fake_runs, eval_dir, out).read_text()
+    assert "| video_stage2 | demo_video_stage2.toml | 64 | 8 @ 4 | 4 | 0.0002 | yes | 75 | 0.6 | 0.5000 → 0.2917 |" in card
+    assert "| interp | demo_interp.toml | | | | | | not run | | |" in card
+    logged = json.loads((out / demo.TRAINING_LOG).read_text())
+    assert set(logged) == {"video_stage2"} and logged["video_stage2"]["steps"] == 75
+    shutil.rmtree(fake_runs / "video_stage2")                 # the run folder is gone (a fresh checkout)
+    _fake_stage_run(fake_runs, "interp", [1.0, 0.5])
+    again = demo.write_card(fake_runs, eval_dir, out).read_text()
+    assert "| video_stage2 | demo_video_stage2.toml | 64 | 8 @ 4 | 4 | 0.0002 | yes | 75 | 0.6 |" in again
+    assert "| interp | demo_interp.toml | 64 | 8 @ 4 | 4 | 0.0002 | yes | 50 |" in again
+    assert set(json.loads((out / demo.TRAINING_LOG).read_text())) == {"video_stage2", "interp"}

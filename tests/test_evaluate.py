@@ -125,6 +125,16 @@ def test_temporal_consistency_of_rendered_and_broken_clips():
     assert em.temporal_consistency([tw.measure_frames(clip)], 64)["colour"] == 1.0
 
 
+def test_shape_kept_counts_the_frames_after_the_first_per_prompted_shape():
+    square = tw.measure_frames(tw.render_clip(attrs(shape="square"), 64, 4, seed=1))
+    circle = tw.measure_frames(tw.render_clip(attrs(shape="circle"), 64, 4, seed=1))
+    rounded = [square[0]] + circle[1:]                   # a square picture the video turns round
+    kept = em.shape_kept([(square, "square"), (rounded, "square"), (circle, "circle")], tw.SHAPES)
+    assert kept["square"] == 0.5 and kept["circle"] == 1.0 and kept["triangle"] is None
+    assert kept["all"] == pytest.approx(6 / 9)           # frame 0 (the given picture) never counts
+    assert em.shape_kept([(rounded[:1], "square")], tw.SHAPES)["all"] is None
+
+
 # --------------------------------------------------------------------------- end to end
 
 @pytest.fixture(scope="module")
@@ -156,6 +166,7 @@ def test_eval_main_writes_report_metrics_and_sheets(model_dir, tmp_path, capsys)
     # own redraw is a separate sampling run (keep_known off), so it measures something else
     assert m["animate.psnr_frame0"] == pytest.approx(m["animate.psnr_vae"], abs=1e-3)
     assert abs(m["animate.psnr_frame0_model"] - m["animate.psnr_frame0"]) > 1e-3
+    assert 0.0 <= m["animate.shape_kept"] <= 1.0          # frames 1.. of the 2 animate clips
     assert m["text.vae.n"] == 2 and 0.0 <= m["text.vae.all"] <= 1.0   # the VAE round trip of every prompt is judged too
     # each text→video clip's first frame (the text→image step) is judged on its own; motion needs a clip
     assert m["text.first_frame.n"] == 2 and m["text.first_frame.motion"] is None

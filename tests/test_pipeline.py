@@ -170,6 +170,23 @@ def test_interpolate_conditions_as_the_model_was_trained(models, texts, monkeypa
         pipeline.interpolate(I.unet, I.schedule, configs[2], lat, *texts, SETTINGS, seed=0, factor=2)
 
 
+def test_video_conditions_on_its_image_as_the_model_was_trained(models, texts, monkeypatch):
+    """ModelConfig.image_fill (saved in the checkpoint) decides what F's unknown slots hold."""
+    F = models["video"]
+    unet = copy.deepcopy(F.unet)
+    with torch.no_grad():   # the tiny model's conditioning channels and output start at zero: wake them up
+        for weight in (unet.input_blocks[0][0].cond.weight, unet.out[-1].weight):
+            weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
+    image = first_frame(models, texts)
+    fills, real = [], pipeline.cond_lib.first_frame
+    monkeypatch.setattr(pipeline.cond_lib, "first_frame", lambda *a, **k: fills.append(a[2]) or real(*a, **k))
+    out = {fill: pipeline.generate_video(unet, F.schedule, dataclasses.replace(F.config, image_fill=fill), *texts,
+                                         SETTINGS, image, 4, seed=0) for fill in ("zero", "hold")}
+    assert fills == ["zero", "hold"]
+    assert not torch.allclose(out["zero"][:, :, 1:], out["hold"][:, :, 1:])
+    torch.testing.assert_close(out["hold"][:, :, 0], image, atol=1e-4, rtol=0)   # frame 0 kept as given
+
+
 def test_extend_keeps_the_past_and_appends(models, texts):
     F = models["video"]
     lat = video(models, texts)

@@ -76,6 +76,14 @@ def test_bad_interp_fills_are_refused():
         ModelConfig(interp_fill="nearest").validate()
 
 
+def test_bad_image_fills_are_refused():
+    base = ["data.root=/tmp/x", "stage=video", "vae.path=/tmp/vae.safetensors"]
+    assert load_config(None, base).diffusion.image_fill == "zero"                   # the paper's default
+    assert load_config(None, base + ["diffusion.image_fill=hold"]).diffusion.image_fill == "hold"
+    with pytest.raises(ConfigError, match="diffusion.image_fill = 'repeat' is not one of"):
+        load_config(None, base + ["diffusion.image_fill=repeat"])
+
+
 def test_extends_merges_sections(tmp_path):
     (tmp_path / "base.toml").write_text('seed = 3\n[data]\nroot = "d"\nsize = 48\n[optim]\nlr = 0.5\n')
     (tmp_path / "child.toml").write_text('extends = "base.toml"\nstage = "vae"\n[data]\nsize = 64\n')

@@ -59,6 +59,15 @@ def test_video_stage_train_spatial_ablation(assets):
     assert any(not is_temporal_key(n) for n in stage.trainable)          # Table 1e: everything trains
 
 
+def test_video_stage_trains_and_saves_its_image_fill(assets):
+    stage, losses = overfit(stage_cfg(assets, "video", init_from=assets["t2i"], **{"diffusion.image_fill": "hold"}))
+    assert sum(losses[-2:]) < sum(losses[:2])
+    assert stage.model_config.image_fill == "hold"                       # saved with the weights
+    interp = make_stage(interp_cfg(assets, "blend", **{"diffusion.image_fill": "hold"}), torch.device("cpu"),
+                        make_dataset(interp_cfg(assets, "blend")), "{}")
+    assert interp.model_config.image_fill == "zero"                      # I conditions on key frames, not one image
+
+
 def interp_cfg(assets, fill, **extra):
     no_image_drop = {"diffusion.p_drop_image": 0.0, "diffusion.p_drop_both": 0.0} if fill == "residual" else {}
     return stage_cfg(assets, "interp", init_from=assets["t2i"], **{"data.num_frames": 5, "diffusion.interp_factor": 4,

@@ -66,9 +66,10 @@ def model_config(cfg: TrainConfig) -> tuple[ModelConfig, dict | None]:
     kind = "interp" if cfg.stage == "interp" else "video"
     frames = 1 if cfg.stage == "t2i" else cfg.data.num_frames
     fill = cfg.diffusion.interp_fill if kind == "interp" else "zero"
+    image_fill = cfg.diffusion.image_fill if cfg.stage == "video" else "zero"
     mc = dataclasses.replace(base, unet=unet, schedule=schedule, kind=kind, num_frames=frames, fps=cfg.data.fps,
                              resolution=cfg.data.size, stage=cfg.name,
-                             interp_factor=cfg.diffusion.interp_factor, interp_fill=fill)
+                             interp_factor=cfg.diffusion.interp_factor, interp_fill=fill, image_fill=image_fill)
     mc.validate()
     if frames > unet.max_frames:
         raise ConfigError(f"data.num_frames = {frames} exceeds the model's max_frames = {unet.max_frames}")

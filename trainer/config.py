@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..model.config import INTERP_FILLS, ConfigError
+from ..model.config import IMAGE_FILLS, INTERP_FILLS, ConfigError
 
 STAGES = ("vae", "t2i", "video", "interp")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -86,6 +86,7 @@ class DiffusionSection:
     interp_factor: int = 4                # interp: K known frames → (K-1)*factor+1 frames
     cond_noise_max: int = 250             # interp: conditioning noise τ ~ U{0..250} (§3.3)
     interp_fill: str = "zero"             # interp: "zero" (§3.2) | "blend" | "residual" (ModelConfig.interp_fill)
+    image_fill: str = "zero"              # video: "zero" (§3.2) | "hold" (ModelConfig.image_fill)
     focus_weight: float = 0.0             # > 0: weight latent pixels by contrast with the frame's background
                                           # (objectives.latent_focus_weights); 0 = the paper's plain MSE
     snr_gamma: float = 0.0                # > 0: Min-SNR-γ loss weights (objectives.min_snr_weights; Open-Sora-Plan
@@ -215,6 +216,7 @@ class TrainConfig:
                               f"got {self.diffusion.snr_gamma}")
         _choice("diffusion.timestep_sampling", self.diffusion.timestep_sampling, TIMESTEP_SAMPLING)
         _choice("diffusion.interp_fill", self.diffusion.interp_fill, INTERP_FILLS)
+        _choice("diffusion.image_fill", self.diffusion.image_fill, IMAGE_FILLS)
         if self.stage == "interp" and self.diffusion.interp_fill == "residual" and \
                 self.diffusion.p_drop_image + self.diffusion.p_drop_both > 0:
             raise ConfigError("diffusion.interp_fill = 'residual' draws corrections to the key frames' blend, which "

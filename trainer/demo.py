@@ -97,6 +97,7 @@ TARGETS = {
     "zero_snr.black_mean": ("<=", 0.05 * 255, "black-background mean (0..255; target 0.05 of full scale)"),
 }
 DISCUSSION = "## Discussion"
+TRAINING_LOG = "training_log.json"       # the card's training table as data, beside the card
 
 
 def stage_summary(runs: Path, stage: str) -> dict:
@@ -173,12 +174,12 @@ def write_card(runs, eval_dir, out) -> Path:
     lines += ["", "## Training chain", "",
               "| stage | config | px | frames @ fps | batch | lr | spatial trained | steps | loop time (min) | first → final loss |",
               "|---|---|---|---|---|---|---|---|---|---|"]
-    total = 0.0
+    total, summaries = 0.0, stage_summaries(runs, out)
     for stage in STAGES:
-        if not (runs / stage / "export" / "models.json").is_file():
+        s = summaries.get(stage)
+        if s is None:
             lines.append(f"| {stage} | demo_{stage}.toml | | | | | | not run | | |")
             continue
-        s = stage_summary(runs, stage)
         total += s["wall_min"]
         spatial = "n/a" if stage in ("vae", "vae_decoder", "t2i") else ("yes" if s["train_spatial"] else "no (frozen)")
         lines.append(f"| {stage} | demo_{stage}.toml | {s['size']} | {s['frames']} @ {s['fps']} | {s['batch']} | "
@@ -197,10 +198,24 @@ def write_card(runs, eval_dir, out) -> Path:
               f"`{eval_dir}/report.md`.", "",
               ev.faithfulness_table(metrics), "", ev.metric_table(metrics), "",
               "## Targets (issue 5)", "", *_target_rows(metrics), "", discussion.rstrip(), ""]
+    with atomic_path(str(out / TRAINING_LOG)) as tmp:
+        Path(tmp).write_text(json.dumps(summaries, indent=1) + "\n")
+        os.chmod(tmp, 0o644)
     with atomic_path(str(card)) as tmp:
         Path(tmp).write_text("\n".join(lines))
         os.chmod(tmp, 0o644)
     return card
+
+
+def stage_summaries(runs: Path, out: Path) -> dict:
+    """stage → stage_summary for every stage of the chain: from its run folder under `runs` when it is
+    there, else as the set's TRAINING_LOG recorded it (a stage the shipped set kept from an earlier
+    run, or a checkout without runs/), so the card's table can be rewritten from the repository alone."""
+    log = out / TRAINING_LOG
+    stored = json.loads(log.read_text()) if log.is_file() else {}
+    found = {stage: stage_summary(runs, stage) for stage in STAGES
+             if (runs / stage / "export" / "models.json").is_file()}
+    return {stage: found.get(stage, stored.get(stage)) for stage in STAGES if stage in found or stage in stored}
 
 
 def _first_frame_arg(settings: dict) -> str:

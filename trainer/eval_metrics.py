@@ -55,6 +55,17 @@ def text_faithfulness(judgements: list[dict]) -> dict:
     return {**rates, "n": n}
 
 
+def shape_kept(clips: list[tuple[list[dict], str]], shapes) -> dict:
+    """Of the frames after frame 0, the fraction that show the prompted shape: in all clips ("all")
+    and per prompted shape. `clips` are (toy_world.measure_frames result, prompted shape). With a
+    true frame 0 (the animate section) this is the video model's own share of losing a shape, frame
+    by frame, where the clip-level shape verdict only says whether most frames kept it."""
+    def rate(items):
+        frames = [m["shape"] == shape for measured, shape in items for m in measured[1:]]
+        return sum(frames) / len(frames) if frames else None
+    return {"all": rate(clips), **{s: rate([c for c in clips if c[1] == s]) for s in shapes}}
+
+
 # --------------------------------------------------------------------------- PSNR and interpolation
 
 def psnr(a, b, peak: float = 255.0) -> float:

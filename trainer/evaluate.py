@@ -44,6 +44,8 @@ METRICS = {
     "animate.psnr_frame0": ("{:.2f} dB", "image faithfulness: PSNR of generated frame 0 vs the conditioning picture"),
     "animate.psnr_frame0_model": ("{:.2f} dB", "the same without keep_known: frame 0 as the model alone redraws it"),
     "animate.psnr_vae": ("{:.2f} dB", "ceiling: PSNR of the conditioning picture after a VAE round trip (no diffusion)"),
+    "animate.shape_kept": ("{:.0%}", "frames after frame 0 of the animate clips that show the picture's shape"),
+    **{f"animate.shape_kept.{s}": ("{:.0%}", f"the same, {s} prompts only") for s in tw.SHAPES},
     "temporal.visible": ("{:.0%}", "frames in which the oracle finds an object"),
     "temporal.colour": ("{:.0%}", "frames showing the clip's majority object colour"),
     "temporal.size_cv": ("{:.3f}", "object area std/mean across frames (0 = stable)"),
@@ -245,7 +247,8 @@ def eval_animate(pipe: EvalPipeline, prompts: list[dict], seed: int, progress: b
         frames = pipe.animate(picture, p["caption"], seed + i)
         # with keep_known, frame 0 is the picture through the VAE by construction: measure the model's own too
         redrawn = pipe.animate(picture, p["caption"], seed + i, keep_known=False) if pipe.sampler.keep_known else frames
-        clips.append(dict(p, picture=picture, frames=frames, psnr=em.psnr(frames[0], picture),
+        clips.append(dict(p, picture=picture, frames=frames, measurements=tw.measure_frames(frames),
+                          psnr=em.psnr(frames[0], picture),
                           psnr_model=em.psnr(redrawn[0], picture),
                           psnr_vae=em.psnr(pipe.round_trip(picture[None])[0], picture),
                           judgement=tw.judge(frames, p["attributes"])))
@@ -284,6 +287,8 @@ def summarise(text: list[dict], animate: list[dict], interp: list[dict], frame_s
     out["animate.psnr_frame0"] = float(np.mean([c["psnr"] for c in animate])) if animate else None
     out["animate.psnr_frame0_model"] = float(np.mean([c["psnr_model"] for c in animate])) if animate else None
     out["animate.psnr_vae"] = float(np.mean([c["psnr_vae"] for c in animate])) if animate else None
+    kept = em.shape_kept([(c["measurements"], c["attributes"]["shape"]) for c in animate], tw.SHAPES)
+    out.update({"animate.shape_kept" + ("" if k == "all" else f".{k}"): v for k, v in kept.items()})
     temporal = em.temporal_consistency([c["measurements"] for c in text], frame_size)
     out.update({f"temporal.{k}": v for k, v in temporal.items()})
     zero = em.zero_snr_check([(c["frames"], c["attributes"]) for c in text])

@@ -166,10 +166,11 @@ def with_dropout_and_noise(latents, cond, mask, text, null, cfg, schedule, gen) 
 
 
 def video_inputs(latents, text, null, cfg, schedule, gen) -> dict:
-    """Image-to-video: frame 0 of the clip is the known frame (§3.2), with IP2P-style disjoint
-    text / image / both dropout (5% each by default) for dual guidance."""
+    """Image-to-video: frame 0 of the clip is the known frame (§3.2; the other slots as
+    diffusion.image_fill says), with IP2P-style disjoint text / image / both dropout (5% each by
+    default) for dual guidance."""
     B, _, T = latents.shape[:3]
-    cond, mask = cond_lib.first_frame(latents[:, :, 0], T)
+    cond, mask = cond_lib.first_frame(latents[:, :, 0], T, cfg.diffusion.image_fill)
     return with_dropout_and_noise(latents, cond, mask, text, null, cfg, schedule, gen)
 
 
