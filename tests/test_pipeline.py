@@ -147,16 +147,28 @@ def test_interpolate_gives_k_times_more_frames(models, texts):
         pipeline.interpolate(I.unet, I.schedule, I.config, lat[:, :, :1], *texts, SETTINGS, seed=0)
 
 
+def awake_copy(unet):
+    """A copy whose conditioning input and output (zero at init in the tiny model) are random, so the
+    conditioning visibly changes the sample."""
+    unet = copy.deepcopy(unet)
+    with torch.no_grad():
+        for weight in (unet.input_blocks[0][0].cond.weight, unet.out[-1].weight):
+            weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
+    return unet
+
+
+def record_fills(monkeypatch, name: str) -> list:
+    """Spy on conditioning.<name>: the list collects the fill (third argument) of every call."""
+    fills, real = [], getattr(pipeline.cond_lib, name)
+    monkeypatch.setattr(pipeline.cond_lib, name, lambda *a, **k: fills.append(a[2]) or real(*a, **k))
+    return fills
+
+
 def test_interpolate_conditions_as_the_model_was_trained(models, texts, monkeypatch):
     """ModelConfig.interp_fill (saved in the checkpoint) decides what the in-between slots hold."""
     I = models["interp"]
-    unet = copy.deepcopy(I.unet)
-    with torch.no_grad():   # the tiny model's conditioning channels and output start at zero: wake them up
-        for weight in (unet.input_blocks[0][0].cond.weight, unet.out[-1].weight):
-            weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
-    lat = video(models, texts)
-    fills, real = [], pipeline.cond_lib.interpolation_inputs
-    monkeypatch.setattr(pipeline.cond_lib, "interpolation_inputs", lambda *a, **k: fills.append(a[2]) or real(*a, **k))
+    unet, lat = awake_copy(I.unet), video(models, texts)
+    fills = record_fills(monkeypatch, "interpolation_inputs")
     settings = dataclasses.replace(SETTINGS, image_cfg=1.0)
     configs = [dataclasses.replace(I.config, interp_fill=fill) for fill in ("zero", "blend", "residual")]
     out = {cfg.interp_fill: pipeline.interpolate(unet, I.schedule, cfg, lat, *texts, settings, seed=0, factor=2)
@@ -173,13 +185,8 @@ def test_interpolate_conditions_as_the_model_was_trained(models, texts, monkeypa
 def test_video_conditions_on_its_image_as_the_model_was_trained(models, texts, monkeypatch):
     """ModelConfig.image_fill (saved in the checkpoint) decides what F's unknown slots hold."""
     F = models["video"]
-    unet = copy.deepcopy(F.unet)
-    with torch.no_grad():   # the tiny model's conditioning channels and output start at zero: wake them up
-        for weight in (unet.input_blocks[0][0].cond.weight, unet.out[-1].weight):
-            weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
-    image = first_frame(models, texts)
-    fills, real = [], pipeline.cond_lib.first_frame
-    monkeypatch.setattr(pipeline.cond_lib, "first_frame", lambda *a, **k: fills.append(a[2]) or real(*a, **k))
+    unet, image = awake_copy(F.unet), first_frame(models, texts)
+    fills = record_fills(monkeypatch, "first_frame")
     out = {fill: pipeline.generate_video(unet, F.schedule, dataclasses.replace(F.config, image_fill=fill), *texts,
                                          SETTINGS, image, 4, seed=0) for fill in ("zero", "hold")}
     assert fills == ["zero", "hold"]
