@@ -215,7 +215,8 @@ def stage_summaries(runs: Path, out: Path) -> dict:
     stored = json.loads(log.read_text()) if log.is_file() else {}
     found = {stage: stage_summary(runs, stage) for stage in STAGES
              if (runs / stage / "export" / "models.json").is_file()}
-    return {stage: found.get(stage, stored.get(stage)) for stage in STAGES if stage in found or stage in stored}
+    merged = {**stored, **found}
+    return {stage: merged[stage] for stage in STAGES if stage in merged}
 
 
 def _first_frame_arg(settings: dict) -> str:
