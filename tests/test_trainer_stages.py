@@ -7,6 +7,7 @@ import torch
 
 from _trainer_common import config, t2i_export, text_assets, tiny_vae, toy_data
 from emu_video.model.unet import is_temporal_key
+from emu_video.trainer.build import model_config
 from emu_video.trainer.stages import make_stage
 from emu_video.trainer.train import make_dataset
 
@@ -63,9 +64,8 @@ def test_video_stage_trains_and_saves_its_image_fill(assets):
     stage, losses = overfit(stage_cfg(assets, "video", init_from=assets["t2i"], **{"diffusion.image_fill": "hold"}))
     assert sum(losses[-2:]) < sum(losses[:2])
     assert stage.model_config.image_fill == "hold"                       # saved with the weights
-    interp = make_stage(interp_cfg(assets, "blend", **{"diffusion.image_fill": "hold"}), torch.device("cpu"),
-                        make_dataset(interp_cfg(assets, "blend")), "{}")
-    assert interp.model_config.image_fill == "zero"                      # I conditions on key frames, not one image
+    interp = model_config(interp_cfg(assets, "blend", **{"diffusion.image_fill": "hold"}))[0]
+    assert interp.image_fill == "zero"                                   # I conditions on key frames, not one image
 
 
 def interp_cfg(assets, fill, **extra):
@@ -131,17 +131,30 @@ def test_vae_decoder_only_needs_a_vae_to_tune(assets, tmp_path, sets, needs):
         config(tmp_path, sets.pop("stage"), assets["data"], **{"vae.train_decoder_only": True, **sets})
 
 
-@pytest.mark.parametrize("fill", ["zero", "blend", "residual"])
-def test_interp_training_inputs_hold_what_the_fill_says(fill):
+def training_inputs(stage: str, *sets: str):
+    """(latents [2,4,5,4,4], what objectives.STAGE_INPUTS[stage] makes of them) with no condition dropout."""
     from emu_video.model.conditioning import TextCondition
     from emu_video.model.schedule import NoiseSchedule
     from emu_video.trainer.config import load_config
-    from emu_video.trainer.objectives import interp_inputs
-    cfg = load_config(None, ["data.root=/tmp/x", "stage=interp", "vae.path=/tmp/vae.safetensors", "data.num_frames=5",
-                             "diffusion.p_drop_text=0", "diffusion.p_drop_image=0", "diffusion.p_drop_both=0",
-                             f"diffusion.interp_fill={fill}"])
+    from emu_video.trainer.objectives import STAGE_INPUTS
+    cfg = load_config(None, ["data.root=/tmp/x", f"stage={stage}", "vae.path=/tmp/vae.safetensors", "data.num_frames=5",
+                             "diffusion.p_drop_text=0", "diffusion.p_drop_image=0", "diffusion.p_drop_both=0", *sets])
     latents, text = torch.randn(2, 4, 5, 4, 4), TextCondition([torch.randn(2, 3, 8)], [None])
-    out = interp_inputs(latents, text, text, cfg, NoiseSchedule(), torch.Generator().manual_seed(0))
+    return latents, STAGE_INPUTS[stage](latents, text, text, cfg, NoiseSchedule(), torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("fill", ["zero", "hold"])
+def test_video_training_inputs_hold_what_the_fill_says(fill):
+    latents, out = training_inputs("video", f"diffusion.image_fill={fill}")
+    assert torch.equal(out["cond"][:, :, 0], latents[:, :, 0])
+    later = out["cond"][:, :, 1:]
+    expected = latents[:, :, :1].expand_as(later) if fill == "hold" else torch.zeros_like(later)
+    assert torch.equal(later, expected) and out["mask"][0, 0, :, 0, 0].tolist() == [1, 0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("fill", ["zero", "blend", "residual"])
+def test_interp_training_inputs_hold_what_the_fill_says(fill):
+    latents, out = training_inputs("interp", f"diffusion.interp_fill={fill}")
     assert out["mask"][:, :, ::4].eq(1).all() and out["mask"][:, :, 1:4].eq(0).all()
     assert bool(out["cond"][:, :, 1:4].eq(0).all()) == (fill == "zero")
     if fill == "residual":      # I learns the correction to the clean keys + blend: zero at the keys
