@@ -41,6 +41,36 @@ def test_video_latents_are_weighted_frame_by_frame():
 
 
 
+def test_dilated_focus_weights_are_flat_over_each_pixels_neighbourhood():
+    z = _object_latents()
+    plain, dilated = latent_focus_weights(z, 10.0), latent_focus_weights(z, 10.0, dilate=1)
+    torch.testing.assert_close(dilated[0, 0, 2:5, 2:5], torch.full((3, 3), 11.0))   # the farthest pixel's 3×3
+    assert dilated[0, 0, 5, 5] == plain[0, 0, 4, 4] > 1                           # the object's edge, one out
+    assert torch.all(dilated[..., :2, :] == 1) and torch.all(dilated[..., 6:, :] == 1)
+    assert torch.all(dilated >= plain)
+    torch.testing.assert_close(latent_focus_weights(z, 10.0, dilate=0), plain)
+
+
+def _weighted_optimum(candidates: list[torch.Tensor], dilate: int) -> torch.Tensor:
+    """The output minimising the focus-weighted MSE when x0 is one of `candidates`, equally likely."""
+    x0 = torch.stack(candidates)
+    w = latent_focus_weights(x0, 10.0, dilate)
+    return (w * x0).sum(0) / w.sum(0)
+
+
+def test_dilation_stops_the_weights_pulling_an_uncertain_edge_toward_the_object():
+    """The object ends at column 4 or 5, equally likely: column 5's best guess is the midpoint, which
+    the plain MSE finds; weights read off the clean target pull it toward the object (objects grow),
+    unless they are flat across the edge."""
+    narrow = torch.zeros(4, 8, 8)
+    narrow[0, 2:6, 2:5] = 2.0
+    wide = narrow.clone()
+    wide[0, 2:6, 5] = 2.0
+    midpoint = 1.0
+    assert _weighted_optimum([narrow, wide], dilate=0)[0, 3, 5] > midpoint + 0.5
+    torch.testing.assert_close(_weighted_optimum([narrow, wide], dilate=1)[0, 3, 5], torch.tensor(midpoint))
+
+
 def _loss_with_error_at(focus: float, where: tuple[int, int]) -> torch.Tensor:
     schedule = NoiseSchedule.from_config(ScheduleConfig())
     x0, noise, t = _object_latents(), torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([500])
@@ -56,7 +86,10 @@ def test_focus_makes_object_errors_cost_more_than_background_errors():
     torch.testing.assert_close(ratio, torch.tensor(11.0))
 
 
-def test_negative_diffusion_focus_weight_is_refused():
+def test_negative_diffusion_focus_weight_or_dilation_is_refused():
     from emu_video.trainer.config import load_config
+    demo_t2i = Path(__file__).parents[1] / "trainer/configs/demo_t2i.toml"
     with pytest.raises(ConfigError, match="diffusion.focus_weight must be >= 0"):
-        load_config(Path(__file__).parents[1] / "trainer/configs/demo_t2i.toml", ["diffusion.focus_weight=-1"])
+        load_config(demo_t2i, ["diffusion.focus_weight=-1"])
+    with pytest.raises(ConfigError, match="diffusion.focus_dilate must be a whole number of latent pixels >= 0"):
+        load_config(demo_t2i, ["diffusion.focus_dilate=-1"])

@@ -93,9 +93,10 @@ def test_residual_interp_stage_writes_its_validation_samples(assets, tmp_path):
 
 
 def test_video_stage_with_focus_weighting_learns(assets):
-    """diffusion.focus_weight reaches the loss module and the focus-weighted loss still trains."""
-    stage, losses = overfit(stage_cfg(assets, "video", init_from=assets["t2i"], **{"diffusion.focus_weight": 10.0}))
-    assert stage.module.focus == 10.0
+    """diffusion.focus_weight and focus_dilate reach the loss module and the weighted loss still trains."""
+    stage, losses = overfit(stage_cfg(assets, "video", init_from=assets["t2i"], **{"diffusion.focus_weight": 10.0,
+                                                                                   "diffusion.focus_dilate": 1}))
+    assert (stage.module.focus, stage.module.focus_dilate) == (10.0, 1)
     assert sum(losses[-2:]) < 0.8 * sum(losses[:2])
 
 

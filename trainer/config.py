@@ -89,6 +89,8 @@ class DiffusionSection:
     image_fill: str = "zero"              # video: "zero" (§3.2) | "hold" (ModelConfig.image_fill)
     focus_weight: float = 0.0             # > 0: weight latent pixels by contrast with the frame's background
                                           # (objectives.latent_focus_weights); 0 = the paper's plain MSE
+    focus_dilate: int = 0                 # latent pixels the focus weights spread by (max filter), so they are
+                                          # flat across object edges and do not pull edges outward; 0 = off
     snr_gamma: float = 0.0                # > 0: Min-SNR-γ loss weights (objectives.min_snr_weights; Open-Sora-Plan
                                           # trains v + zero SNR with 5); 0 = the paper's plain MSE
     timestep_sampling: str = "uniform"    # uniform | logit_normal (objectives.timesteps: more mid-noise steps)
@@ -211,6 +213,9 @@ class TrainConfig:
             raise ConfigError(f"ema.decay must be in [0, 1), got {self.ema.decay}")
         if self.diffusion.focus_weight < 0:
             raise ConfigError(f"diffusion.focus_weight must be >= 0 (0 = plain MSE), got {self.diffusion.focus_weight}")
+        if self.diffusion.focus_dilate < 0:
+            raise ConfigError(f"diffusion.focus_dilate must be a whole number of latent pixels >= 0 (0 = off, 1 = "
+                              f"a 3×3 plateau), got {self.diffusion.focus_dilate!r}")
         if not self.diffusion.snr_gamma >= 0 or self.diffusion.snr_gamma == float("inf"):
             raise ConfigError(f"diffusion.snr_gamma must be a finite number >= 0 (0 = off; 5 is the usual choice), "
                               f"got {self.diffusion.snr_gamma}")

@@ -31,17 +31,25 @@ def focus_weights(frames: torch.Tensor, focus: float) -> torch.Tensor:
     return 1 + focus * (frames - border_median(frames)).norm(dim=1, keepdim=True) / (2 * 3 ** 0.5)
 
 
-def latent_focus_weights(latents: torch.Tensor, focus: float) -> torch.Tensor:
+def latent_focus_weights(latents: torch.Tensor, focus: float, dilate: int = 0) -> torch.Tensor:
     """focus_weights for the diffusion loss, read off the clean latents themselves (so cached
     latents need no pixels): [B,C,h,w] or [B,C,T,h,w] → broadcastable weights with channel dim 1.
 
     A latent vector's distance from its frame's border median is scaled by the frame's largest such
     distance (latents have no fixed range), so the object and its edges get up to 1 + focus × the
     weight of the flat background — the same minority-pixel argument as focus_weights, applied to
-    the denoiser, where a plain MSE is met by a background-coloured blob of the right colour."""
+    the denoiser, where a plain MSE is met by a background-coloured blob of the right colour.
+
+    dilate > 0 spreads each pixel's distance over its (2·dilate+1)² neighbourhood (a max filter), so
+    the weight is flat across the object's edge. The weights come from the clean target, so where
+    they differ across an edge the weighted loss's optimum is E[w·x0 | x_t] / E[w | x_t], not E[x0 | x_t]:
+    an uncertain edge pixel is pulled toward the object, which inflates objects and rounds corners.
+    A plateau that covers the edge's uncertainty removes that pull there."""
     video = latents.dim() == 5
     x = frames_to_batch(latents) if video else latents                      # [N,C,h,w] per frame
     distance = (x - border_median(x)).norm(dim=1, keepdim=True)
+    if dilate:
+        distance = F.max_pool2d(distance, 2 * dilate + 1, stride=1, padding=dilate)
     scale = distance.flatten(1).amax(dim=1).clamp_min(1e-6)[:, None, None, None]
     w = 1 + focus * distance / scale
     return batch_to_frames(w, latents.shape[0]) if video else w
@@ -89,16 +97,18 @@ def min_snr_weights(schedule, t: torch.Tensor, gamma: float) -> torch.Tensor:
 class DiffusionLoss(nn.Module):
     """MSE to the schedule's target (v on the zero-terminal-SNR schedule, §3.3) for the U-Net.
 
-    focus > 0 weights latent pixels by contrast with the frame's background (latent_focus_weights);
+    focus > 0 weights latent pixels by contrast with the frame's background (latent_focus_weights,
+    flat across edges with focus_dilate > 0);
     snr_gamma > 0 weights timesteps (min_snr_weights). Both off = the paper's plain MSE.
     image mode (t2i): x0 [B, C, h, w], no known frames.
     video mode: x0 [B, C, T, h, w] with cond/mask [known-frame latents | mask] (Fig. 3).
     """
 
-    def __init__(self, unet, schedule, image_mode: bool, focus: float = 0.0, snr_gamma: float = 0.0):
+    def __init__(self, unet, schedule, image_mode: bool, focus: float = 0.0, snr_gamma: float = 0.0,
+                 focus_dilate: int = 0):
         super().__init__()
         self.unet, self.schedule, self.image_mode = unet, schedule, image_mode
-        self.focus, self.snr_gamma = focus, snr_gamma
+        self.focus, self.snr_gamma, self.focus_dilate = focus, snr_gamma, focus_dilate
 
     def forward(self, x0, noise, t, context, masks, cond=None, mask=None) -> torch.Tensor:
         x_t = self.schedule.add_noise(x0, noise, t)
@@ -109,7 +119,7 @@ class DiffusionLoss(nn.Module):
             return F.mse_loss(out.float(), target.float())
         err = (out.float() - target.float()).pow(2)
         if self.focus:
-            w = latent_focus_weights(x0.float(), self.focus)
+            w = latent_focus_weights(x0.float(), self.focus, self.focus_dilate)
             err = err * w / w.mean()
         per_sample = err.flatten(1).mean(dim=1)            # equal sizes: their mean is the batch mean
         if self.snr_gamma:

@@ -111,7 +111,8 @@ class DiffusionStage:
         self.encoders.to(device)
         self.null = self.encoders.encode([""]).to(device)
         self.module = DiffusionLoss(self.unet, self.schedule, image_mode=self.kind == "t2i",
-                                    focus=cfg.diffusion.focus_weight, snr_gamma=cfg.diffusion.snr_gamma)
+                                    focus=cfg.diffusion.focus_weight, snr_gamma=cfg.diffusion.snr_gamma,
+                                    focus_dilate=cfg.diffusion.focus_dilate)
         self.trainable = build.trainable(self.unet)
         self.make_inputs = STAGE_INPUTS[self.kind]
         self.cache = self._cache() if cfg.cache.enabled else None
