@@ -293,7 +293,8 @@ def make_video(args, image=None) -> Path:
     return out
 
 
-SAMPLING_FALLBACK = {"steps": 50, "image_cfg": 1.5, "text_cfg": 7.5, "rescale": 0.7, "keep_known": True}
+SAMPLING_FALLBACK = {"steps": 50, "image_cfg": 1.5, "text_cfg": 7.5, "rescale": 0.7, "keep_known": True,
+                     "late_text_cfg": None, "late_below": 0.5}
 # The interpolation model's own guidance: I is trained with its key frames always given, so its ∅-image
 # branch is untrained, and on the demo text guidance blurred the in-betweens (MODEL_CARD.md); 1 = one forward.
 INTERP_FALLBACK = {"interp_image_cfg": 1.0, "interp_text_cfg": 1.0}
@@ -322,7 +323,8 @@ def first_frame_settings(args, settings):
 def interp_settings(args, settings):
     """The video's SamplerSettings with the interpolation model's own guidance scales."""
     chosen = _chosen(args, INTERP_FALLBACK)
-    return dataclasses.replace(settings, image_cfg=chosen["interp_image_cfg"], text_cfg=chosen["interp_text_cfg"])
+    return dataclasses.replace(settings, image_cfg=chosen["interp_image_cfg"], text_cfg=chosen["interp_text_cfg"],
+                               late_text_cfg=None)
 
 
 def read_picture(path: str | os.PathLike):
@@ -403,6 +405,10 @@ def _add_sampling_args(p):
     p.add_argument("--text-cfg", type=float, default=None, help="text guidance (default: the model set's, else 7.5)")
     p.add_argument("--first-frame-cfg", type=float, default=None,
                    help="text guidance of the first frame (text→image; default: the model set's, else --text-cfg)")
+    p.add_argument("--late-text-cfg", type=float, default=None,
+                   help="the video's text guidance on its late steps (default: the model set's, else --text-cfg)")
+    p.add_argument("--late-below", type=float, default=None,
+                   help="the late steps: t < this fraction of the training timesteps (default: the model set's, else 0.5)")
     p.add_argument("--rescale", type=float, default=None, help="CFG rescale φ, 0 = off (default: the model set's, else 0.7)")
     p.add_argument("--interp-image-cfg", type=float, default=None,
                    help="the interpolation model's image guidance (default: the model set's, else 1 = off)")

@@ -46,6 +46,20 @@ def rescale_cfg(v_guided: torch.Tensor, v_ref: torch.Tensor, phi: float) -> torc
     return v_guided * (phi * ratio + (1 - phi))
 
 
+def text_scale_at(t: int, num_train_timesteps: int, text_scale: float, late_text_scale: float | None,
+                  late_below: float) -> float:
+    """The text scale of the step at timestep t: `late_text_scale` on the late, nearly clean steps
+    (t < late_below·T), `text_scale` before them; None = `text_scale` throughout.
+
+    Guidance limited to an interval of noise levels (Kynkäänniemi et al. 2024, "Applying guidance in a
+    limited interval improves sample and distribution quality") is not in the paper. The early steps set
+    the layout and the motion, which is where strong text guidance pays; on the late ones it reshapes
+    details the known frame already fixes (on the demo it rounded every square: demo/MODEL_CARD.md)."""
+    if late_text_scale is None or t >= late_below * num_train_timesteps:
+        return text_scale
+    return late_text_scale
+
+
 def guidance_weights(image_scale: float, text_scale: float) -> dict[str, float]:
     """The dual-guidance formula as a weighted sum of the three branches.
 

@@ -19,7 +19,7 @@ import torch
 
 from .conditioning import TextCondition, drop_image, model_input, pin_known_frames
 from .config import InputError
-from .guidance import combine_branches, guidance_branches, rescale_cfg
+from .guidance import BRANCHES, combine_branches, guidance_branches, rescale_cfg, text_scale_at
 from .schedule import NoiseSchedule
 
 
@@ -44,6 +44,8 @@ class SamplerSettings:
     text_cfg: float = 7.5         # s_T (IP2P default)
     rescale: float = 0.0          # CFG rescale φ on v (Lin et al. §3.4 suggest 0.7); 0 = off
     keep_known: bool = True       # replacement method: known frames (a user's picture) come out exactly as given
+    late_text_cfg: float | None = None   # video only: s_T on the late steps (t < late_below·T); None = text_cfg
+    late_below: float = 0.5       # ... where "late" starts, as a fraction of the training timesteps T
 
     def validate(self, schedule: NoiseSchedule) -> None:
         schedule.timesteps(self.steps, self.spacing)  # raises on a bad step count or spacing name
@@ -51,12 +53,18 @@ class SamplerSettings:
             raise InputError(f"eta must be >= 0, got {self.eta}")
         if not 0.0 <= self.rescale <= 1.0:
             raise InputError(f"rescale must be in [0, 1] (0 = off), got {self.rescale}")
+        if self.late_text_cfg is not None and not self.late_text_cfg >= 0:
+            raise InputError(f"late text guidance must be >= 0 (1 = none on the late steps), got {self.late_text_cfg}")
+        if not 0.0 < self.late_below <= 1.0:
+            raise InputError(f"late_below must be in (0, 1] (the fraction of the timesteps counted late, "
+                             f"e.g. 0.5), got {self.late_below}")
 
 
 def first_frame_settings(settings: SamplerSettings, text_cfg: float | None) -> SamplerSettings:
     """The text→image step's settings (§3.2 step 1): the video's, with the picture's own text guidance
     where one is given. A scale tuned for the video can overshoot a single frame: the demo draws the
-    right shape far more often at 2 than at the video's 7.5 (demo/MODEL_CARD.md)."""
+    right shape far more often at 2 than at the video's 7.5 (demo/MODEL_CARD.md). Image sampling
+    has no late text scale (late_text_cfg is the video's)."""
     return settings if text_cfg is None else replace(settings, text_cfg=float(text_cfg))
 
 
@@ -85,9 +93,10 @@ def _branch_inputs(branches: tuple[str, ...], text: TextCondition, null_text: Te
 
 def _denoise(schedule: NoiseSchedule, x: torch.Tensor, settings: SamplerSettings, predict: StepFn,
              image_scale: float, text_scale: float, generator, callback, cancel,
-             pin: Callable | None = None) -> torch.Tensor:
+             pin: Callable | None = None, late_text_scale: float | None = None) -> torch.Tensor:
     """The DDIM loop shared by image and video sampling; `predict(x, t)` returns the branches' outputs
-    and `pin(x, guided, t)`, when given, rewrites the guided prediction (known-frame replacement)."""
+    and `pin(x, guided, t)`, when given, rewrites the guided prediction (known-frame replacement).
+    `late_text_scale` replaces `text_scale` on the late steps (guidance.text_scale_at)."""
     timesteps = schedule.timesteps(settings.steps, settings.spacing)
     previous = schedule.previous_timesteps(timesteps)
     total = len(timesteps)
@@ -95,7 +104,8 @@ def _denoise(schedule: NoiseSchedule, x: torch.Tensor, settings: SamplerSettings
         if cancel is not None and cancel():
             raise SamplingCancelled(i, total)
         preds = predict(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))
-        guided = combine_branches(preds, image_scale, text_scale)
+        s_T = text_scale_at(t, schedule.num_train_timesteps, text_scale, late_text_scale, settings.late_below)
+        guided = combine_branches(preds, image_scale, s_T)
         if settings.rescale > 0:
             guided = rescale_cfg(guided, preds["full"], settings.rescale)
         if pin is not None:
@@ -111,8 +121,12 @@ def _denoise(schedule: NoiseSchedule, x: torch.Tensor, settings: SamplerSettings
     return x
 
 
-def _branches(settings: SamplerSettings, image_scale: float, text_scale: float) -> tuple[str, ...]:
+def _branches(settings: SamplerSettings, image_scale: float, text_scale: float,
+              late_text_scale: float | None = None) -> tuple[str, ...]:
     branches = guidance_branches(image_scale, text_scale)
+    if late_text_scale is not None:          # every branch either text scale needs, in BRANCHES order
+        late = guidance_branches(image_scale, late_text_scale)
+        branches = tuple(b for b in BRANCHES if b in branches or b in late)
     if settings.rescale > 0 and "full" not in branches:
         branches = ("full",) + branches  # rescale's reference std is the fully conditioned prediction
     return branches
@@ -147,8 +161,8 @@ def sample_video(denoiser: Denoiser, schedule: NoiseSchedule, noise: torch.Tenso
     if cond is None or mask is None:
         cond, mask = drop_image(noise, noise[:, :1])
     model_input(noise, cond, mask)  # validates shapes before any forward
-    s_I, s_T = settings.image_cfg, settings.text_cfg
-    branches = _branches(settings, s_I, s_T)
+    s_I, s_T, s_T_late = settings.image_cfg, settings.text_cfg, settings.late_text_cfg
+    branches = _branches(settings, s_I, s_T, s_T_late)
     text_b = _branch_inputs(branches, _text_for_batch(text, B, "text"), _text_for_batch(null_text, B, "null text"))
     text_b = text_b.to(device=noise.device)
     no_cond, no_mask = drop_image(cond, mask)
@@ -170,7 +184,7 @@ def sample_video(denoiser: Denoiser, schedule: NoiseSchedule, noise: torch.Tenso
         def pin(x: torch.Tensor, guided: torch.Tensor, t: int) -> torch.Tensor:
             return pin_known_frames(schedule, x, guided, t, known, pin_mask)
 
-    return _denoise(schedule, noise, settings, predict, s_I, s_T, generator, callback, cancel, pin)
+    return _denoise(schedule, noise, settings, predict, s_I, s_T, generator, callback, cancel, pin, s_T_late)
 
 
 def sample_image(denoiser: Denoiser, schedule: NoiseSchedule, noise: torch.Tensor, text: TextCondition,

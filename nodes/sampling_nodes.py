@@ -24,6 +24,14 @@ FIRST_FRAME_TEXT_CFG = ("FLOAT", {**TEXT_CFG[1], "tooltip": (
     "s_T for the picture alone (1 = none). A scale tuned for the video can overshoot a single frame: the demo "
     "model draws the prompted shape far more often at 2 than at 7.5 (its manifest's first_frame_cfg, and the "
     "shipped workflows' value).")})
+# Optional on the video sampler and extend: old workflows, saved without them, load with text_cfg throughout.
+LATE_TEXT_CFG = ("FLOAT", {"default": -1.0, "min": -1.0, "max": 30.0, "step": 0.1, "tooltip": (
+    "s_T on the late, nearly clean steps (t < late_below·T); -1 = text_cfg on every step. Not in the paper "
+    "(guidance in a limited interval, Kynkäänniemi et al. 2024): strong text guidance late reshapes details the "
+    "first frame fixes; the demo model keeps square corners with 3 (its manifest's late_text_cfg).")})
+LATE_BELOW = ("FLOAT", {"default": 0.5, "min": 0.01, "max": 1.0, "step": 0.05,
+                        "tooltip": "Where the late steps start, as a fraction of the training timesteps T."})
+LATE_INPUTS = {"late_text_cfg": LATE_TEXT_CFG, "late_below": LATE_BELOW}
 # The interpolation model's guidance defaults to off (cli.INTERP_FALLBACK): its ∅-image branch is untrained.
 INTERP_IMAGE_CFG = ("FLOAT", {**IMAGE_CFG[1], "default": INTERP_FALLBACK["interp_image_cfg"]})
 INTERP_TEXT_CFG = ("FLOAT", {**TEXT_CFG[1], "default": INTERP_FALLBACK["interp_text_cfg"],
@@ -100,12 +108,16 @@ class EmuScheduler:
             return NoiseSchedule.from_config(base)
         return NoiseSchedule.from_config(dataclasses.replace(base, **change))
 
-    def settings(self, image_cfg: float = 1.0, text_cfg: float = 7.5, steps: int | None = None):
+    def settings(self, image_cfg: float = 1.0, text_cfg: float = 7.5, steps: int | None = None,
+                 late_text_cfg: float = -1.0, late_below: float = 0.5):
+        """late_text_cfg < 0 (the node's -1) = text_cfg on every step."""
         from ..model.sampling import SamplerSettings
 
         return SamplerSettings(steps=int(steps or self.steps), spacing=self.spacing, eta=float(self.eta),
                                image_cfg=float(image_cfg), text_cfg=float(text_cfg), rescale=float(self.rescale),
-                               keep_known=bool(self.keep_known))
+                               keep_known=bool(self.keep_known),
+                               late_text_cfg=None if late_text_cfg < 0 else float(late_text_cfg),
+                               late_below=float(late_below))
 
 
 def make_latent(samples, fps: float, model) -> dict:
@@ -129,11 +141,12 @@ def text_pair(text):
     return text["cond"], text["null"]
 
 
-def _sample(model, text, scheduler, image_cfg, text_cfg, steps, desc, run):
-    """Shared body: schedule + settings + progress + device placement around a pipeline call."""
+def _sample(model, text, scheduler, image_cfg, text_cfg, steps, desc, run, late: dict | None = None):
+    """Shared body: schedule + settings + progress + device placement around a pipeline call.
+    `late`: the video sampler's optional late_text_cfg / late_below inputs."""
     cond, null = text_pair(text)
     scheduler = scheduler or EmuScheduler()
-    settings = scheduler.settings(image_cfg, text_cfg, steps)
+    settings = scheduler.settings(image_cfg, text_cfg, steps, **(late or {}))
     schedule = scheduler.noise_schedule(model.config)
     with on_compute_device(model.unet):
         return run(schedule, settings, cond, null, step_progress(settings.steps, desc), cancel_check)
@@ -296,9 +309,10 @@ class EmuVideoSampler:
             "frames": ("INT", {"default": 0, "min": 0, "max": 1024,
                                "tooltip": "Frames to generate; 0 = what the model was trained on."}),
             "seed": SEED,
-        }}
+        }, "optional": dict(LATE_INPUTS)}
 
-    def sample(self, model, text, image_cond, scheduler, image_cfg, text_cfg, frames, seed):
+    def sample(self, model, text, image_cond, scheduler, image_cfg, text_cfg, frames, seed, late_text_cfg=-1.0,
+               late_below=0.5):
         from ..model.pipeline import generate_video
 
         num_frames = int(frames) or int(model.config.num_frames)
@@ -309,7 +323,8 @@ class EmuVideoSampler:
         def run(schedule, settings, cond, null, callback, cancel):
             return generate_video(model.unet, schedule, model.config, cond, null, settings, image_cond["latent"],
                                   num_frames, seed, callback=callback, cancel=cancel)
-        samples = _sample(model, text, scheduler, image_cfg, text_cfg, None, "video", run)
+        samples = _sample(model, text, scheduler, image_cfg, text_cfg, None, "video", run,
+                          dict(late_text_cfg=late_text_cfg, late_below=late_below))
         return (make_latent(samples.cpu(), model.config.fps, model),)
 
 
@@ -375,9 +390,10 @@ class EmuVideoExtend:
             "new_frames": ("INT", {"default": 0, "min": 0, "max": 1024,
                                    "tooltip": "Frames to add; 0 = the rest of the model's length."}),
             "seed": SEED,
-        }}
+        }, "optional": dict(LATE_INPUTS)}
 
-    def extend(self, model, latent, text, scheduler, image_cfg, text_cfg, context_frames, new_frames, seed):
+    def extend(self, model, latent, text, scheduler, image_cfg, text_cfg, context_frames, new_frames, seed,
+               late_text_cfg=-1.0, late_below=0.5):
         from ..model.pipeline import extend
 
         samples = latent_samples(latent)
@@ -385,7 +401,8 @@ class EmuVideoExtend:
         def run(schedule, settings, cond, null, callback, cancel):
             return extend(model.unet, schedule, model.config, samples, cond, null, settings, seed,
                           int(context_frames), int(new_frames), callback=callback, cancel=cancel)
-        out = _sample(model, text, scheduler, image_cfg, text_cfg, None, "extend", run)
+        out = _sample(model, text, scheduler, image_cfg, text_cfg, None, "extend", run,
+                      dict(late_text_cfg=late_text_cfg, late_below=late_below))
         return (make_latent(out.cpu(), latent.get("fps", model.config.fps), model),)
 
 

@@ -93,8 +93,25 @@ def test_assembly_stores_first_frame_guidance_only_when_given(fake_runs, tmp_pat
     assert cli.model_set_sampling(out)["first_frame_cfg"] == 2.0
     assert demo.main(["--runs", str(fake_runs), "--out", str(out)]) == 0
     assert "first_frame_cfg" not in cli.model_set_sampling(out)
-    assert demo._first_frame_arg({"first_frame_cfg": 2.0}) == " --first-frame-cfg 2.0"
-    assert demo._first_frame_arg({}) == ""
+    assert demo._optional_args({"first_frame_cfg": 2.0}) == " --first-frame-cfg 2.0"
+    assert demo._optional_args({}) == ""
+
+
+def test_late_text_guidance_is_stored_and_read_back_for_the_video_only(fake_runs, tmp_path):
+    from emu_video.model.sampling import SamplerSettings
+
+    out = tmp_path / "demo"
+    assert demo.main(["--runs", str(fake_runs), "--out", str(out), "--late-text-cfg", "3", "--late-below", "0.7"]) == 0
+    parse = cli.build_parser().parse_args
+    args = parse(["generate", "--prompt", PROMPT, "--model", str(out)])
+    video = SamplerSettings(**cli.sampling_settings(args))
+    assert (video.text_cfg, video.late_text_cfg, video.late_below) == (7.5, 3.0, 0.7)
+    assert cli.interp_settings(args, video).late_text_cfg is None          # I has its own guidance
+    assert demo._optional_args(cli.model_set_sampling(out)) == " --late-text-cfg 3.0 --late-below 0.7"
+    given = parse(["generate", "--prompt", PROMPT, "--model", str(out), "--late-text-cfg", "1"])
+    assert SamplerSettings(**cli.sampling_settings(given)).late_text_cfg == 1.0
+    assert demo.main(["--runs", str(fake_runs), "--out", str(out)]) == 0
+    assert SamplerSettings(**cli.sampling_settings(args)).late_text_cfg is None   # sets without it: one scale
 
 
 def test_init_models_demo_copies_under_workflow_names(fake_runs, tmp_path, monkeypatch):

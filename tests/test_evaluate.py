@@ -220,9 +220,11 @@ def test_pooled_psnr_stays_finite_when_one_clip_is_exact():
 
 def test_interpolation_runs_with_its_own_guidance(model_dir):
     pipe = ev.EvalPipeline(cli.load_model_set(cli.find_model_set(model_dir)),
-                           ev.EvalSettings(steps=2, text_cfg=6.0, interp_text_cfg=2.5))
+                           ev.EvalSettings(steps=2, text_cfg=6.0, interp_text_cfg=2.5, late_text_cfg=3.0, late_below=0.7))
     assert (pipe.sampler.text_cfg, pipe.interp_sampler.text_cfg, pipe.interp_sampler.image_cfg) == (6.0, 2.5, 1.0)
     assert pipe.interp_sampler.steps == 2 and pipe.interp_sampler.keep_known
+    assert (pipe.sampler.late_text_cfg, pipe.sampler.late_below) == (3.0, 0.7)       # the video's late steps
+    assert pipe.interp_sampler.late_text_cfg is None                                 # not the in-betweens'
 
 
 def test_first_frames_use_their_own_guidance(model_dir, monkeypatch):

@@ -82,3 +82,10 @@ def test_rescale_uses_one_std_per_sample_on_5d():
     assert torch.isfinite(rescale_cfg(const, torch.randn(2, 3), 0.7)).all()
     with pytest.raises(InputError, match="rescale"):
         rescale_cfg(guided, p["full"], 1.5)
+
+
+def test_text_scale_at_switches_to_the_late_scale_below_the_threshold():
+    from emu_video.model.guidance import text_scale_at
+    assert [text_scale_at(t, 1000, 7.5, 3.0, 0.7) for t in (999, 700, 699, 0)] == [7.5, 7.5, 3.0, 3.0]
+    assert text_scale_at(0, 1000, 7.5, None, 0.7) == 7.5                      # None: one scale throughout
+    assert text_scale_at(999, 1000, 7.5, 1.0, 1.0) == 1.0                     # late_below 1: every step

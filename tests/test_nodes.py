@@ -102,6 +102,20 @@ def test_scheduler_keep_known_pins_the_first_frame_and_can_be_switched_off(m):
 
 
 
+def test_video_sampler_late_text_guidance_is_optional_and_reaches_the_settings(m, monkeypatch):
+    from emu_video.model import pipeline
+
+    assert set(S.EmuVideoSampler.INPUT_TYPES()["optional"]) == set(S.EmuVideoExtend.INPUT_TYPES()["optional"]) \
+        == {"late_text_cfg", "late_below"}
+    used = []
+    monkeypatch.setattr(pipeline, "generate_video", lambda unet, schedule, config, text, null, settings, *a, **k:
+                        used.append(settings) or torch.zeros(1, 4, 2, 4, 4))
+    cond = S.EmuVideoImageConditioning().encode(first_frame(m), m["vae"], m["model"])[0]
+    S.EmuVideoSampler().sample(m["model"], m["text"], cond, m["scheduler"], 3.5, 7.5, 2, 0)        # as saved before
+    S.EmuVideoSampler().sample(m["model"], m["text"], cond, m["scheduler"], 3.5, 7.5, 2, 0, 3.0, 0.7)
+    assert [(s.text_cfg, s.late_text_cfg, s.late_below) for s in used] == [(7.5, None, 0.5), (7.5, 3.0, 0.7)]
+
+
 def test_full_chain_text_to_video_interpolate_extend_decode_save(m, tmp_path):
     image = first_frame(m)
     assert image.shape == (1, 32, 32, 3) and 0 <= image.min() and image.max() <= 1

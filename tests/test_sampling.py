@@ -55,7 +55,9 @@ def reference_video(denoiser, noise, cond, mask, text, null, settings):
         full = denoiser(model_input(x, cond, mask), tt, text.context, text.masks, image_mode=False)
         image = denoiser(model_input(x, cond, mask), tt, null.context, null.masks, image_mode=False)
         uncond = denoiser(model_input(x, 0 * cond, 0 * mask), tt, null.context, null.masks, image_mode=False)
-        x, _ = SCHEDULE.ddim_step(x, dual_guidance(uncond, image, full, settings.image_cfg, settings.text_cfg), t, t_prev)
+        late = settings.late_text_cfg is not None and t < settings.late_below * SCHEDULE.num_train_timesteps
+        s_t = settings.late_text_cfg if late else settings.text_cfg
+        x, _ = SCHEDULE.ddim_step(x, dual_guidance(uncond, image, full, settings.image_cfg, s_t), t, t_prev)
     return x
 
 
@@ -70,6 +72,49 @@ def test_one_batched_forward_equals_three_separate_branches(s_i, s_t):
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     n_branches = {(1.5, 7.5): 3, (1.0, 7.5): 2, (1.0, 1.0): 1, (2.0, 0.0): 2, (3.0, 3.0): 2}[(s_i, s_t)]
     assert denoiser.calls == [(2 * n_branches, False)] * 4  # one forward per step, only needed branches
+
+
+@pytest.mark.parametrize("s_i,s_t,late,n_branches", [(3.5, 7.5, 3.0, 3), (1.0, 7.5, 1.0, 2), (1.0, 1.0, 4.0, 2)])
+def test_late_text_guidance_applies_on_the_late_steps_only(s_i, s_t, late, n_branches):
+    """4 trailing steps of T = 1000 are t = 999, 749, 499, 249: below 0.5·T the late scale applies.
+    The batch holds every branch either scale needs (image guidance 1 and text 1 need only `full`)."""
+    noise, cond, mask = video_inputs()
+    text, null = texts()
+    settings = SamplerSettings(steps=4, image_cfg=s_i, text_cfg=s_t, late_text_cfg=late, late_below=0.5,
+                               keep_known=False, rescale=0.0)
+    denoiser = FakeDenoiser()
+    out = sample_video(denoiser, SCHEDULE, noise, cond, mask, text, null, settings)
+    torch.testing.assert_close(out, reference_video(FakeDenoiser(), noise, cond, mask, text, null, settings),
+                               atol=1e-5, rtol=1e-5)
+    assert denoiser.calls == [(2 * n_branches, False)] * 4
+    unchanged = sample_video(FakeDenoiser(), SCHEDULE, noise, cond, mask, text, null,
+                             SamplerSettings(steps=4, image_cfg=s_i, text_cfg=s_t, keep_known=False, rescale=0.0))
+    assert not torch.allclose(out, unchanged)
+
+
+def test_late_text_guidance_on_every_step_is_that_text_guidance():
+    noise, cond, mask = video_inputs()
+    text, null = texts()
+    everywhere = SamplerSettings(steps=5, image_cfg=3.5, text_cfg=7.5, late_text_cfg=3.0, late_below=1.0)
+    plain = SamplerSettings(steps=5, image_cfg=3.5, text_cfg=3.0)
+    torch.testing.assert_close(sample_video(FakeDenoiser(), SCHEDULE, noise, cond, mask, text, null, everywhere),
+                               sample_video(FakeDenoiser(), SCHEDULE, noise, cond, mask, text, null, plain))
+
+
+def test_late_text_guidance_leaves_the_first_frame_alone():
+    noise = make_noise((2, C, 4, 4), seed=3)
+    text, null = texts()
+    late = SamplerSettings(steps=4, text_cfg=2.0, late_text_cfg=9.0, late_below=1.0)
+    torch.testing.assert_close(sample_image(FakeDenoiser(), SCHEDULE, noise, text, null, late),
+                               sample_image(FakeDenoiser(), SCHEDULE, noise, text, null, SamplerSettings(steps=4, text_cfg=2.0)))
+
+
+@pytest.mark.parametrize("bad,message", [(dict(late_text_cfg=-1.0), "late text guidance must be >= 0"),
+                                         (dict(late_below=0.0), "late_below must be in"),
+                                         (dict(late_below=1.5), "late_below must be in")])
+def test_bad_late_text_guidance_is_refused(bad, message):
+    with pytest.raises(InputError, match=message):
+        SamplerSettings(**bad).validate(SCHEDULE)
 
 
 def test_callback_once_per_step_with_x0():

@@ -189,7 +189,7 @@ def write_card(runs, eval_dir, out) -> Path:
               f"final loss: mean of the last 8 logged batch losses, logged every 25 steps).", "",
               "## Evaluation (`emu-video eval`)", "",
               f"`emu-video eval --model demo --out {eval_dir} --held-out {settings.get('prompts', 0) // 2} "
-              f"--steps {settings.get('steps')} --text-cfg {settings.get('text_cfg')}{_first_frame_arg(settings)} "
+              f"--steps {settings.get('steps')} --text-cfg {settings.get('text_cfg')}{_optional_args(settings)} "
               f"--image-cfg {settings.get('image_cfg')} "
               f"--interp-text-cfg {settings.get('interp_text_cfg')} --interp-image-cfg {settings.get('interp_image_cfg')}"
               f"{'' if settings.get('keep_known', True) else ' --no-keep-known'}` "
@@ -219,9 +219,12 @@ def stage_summaries(runs: Path, out: Path) -> dict:
     return {stage: merged[stage] for stage in STAGES if stage in merged}
 
 
-def _first_frame_arg(settings: dict) -> str:
-    value = settings.get("first_frame_cfg")
-    return "" if value is None else f" --first-frame-cfg {value}"
+def _optional_args(settings: dict) -> str:
+    """The eval command's flags for the sampling keys a set may lack (each left out when not set)."""
+    args = "" if settings.get("first_frame_cfg") is None else f" --first-frame-cfg {settings['first_frame_cfg']}"
+    if settings.get("late_text_cfg") is not None:
+        args += f" --late-text-cfg {settings['late_text_cfg']} --late-below {settings.get('late_below', 0.5)}"
+    return args
 
 
 def main(argv=None) -> int:
@@ -232,6 +235,9 @@ def main(argv=None) -> int:
     p.add_argument("--text-cfg", type=float, default=7.5)
     p.add_argument("--first-frame-cfg", type=float, default=None,
                    help="text guidance of the first frame stored for the CLI (default: none, i.e. --text-cfg)")
+    p.add_argument("--late-text-cfg", type=float, default=None,
+                   help="the video's text guidance on its late steps, stored for the CLI (default: none, i.e. --text-cfg)")
+    p.add_argument("--late-below", type=float, default=0.5, help="where the late steps start (fraction of T)")
     p.add_argument("--image-cfg", type=float, default=1.5)
     p.add_argument("--rescale", type=float, default=0.7)
     p.add_argument("--interp-image-cfg", type=float, default=INTERP_FALLBACK["interp_image_cfg"])
@@ -248,6 +254,8 @@ def main(argv=None) -> int:
                     interp_image_cfg=args.interp_image_cfg, interp_text_cfg=args.interp_text_cfg)
     if args.first_frame_cfg is not None:
         sampling["first_frame_cfg"] = args.first_frame_cfg
+    if args.late_text_cfg is not None:
+        sampling.update(late_text_cfg=args.late_text_cfg, late_below=args.late_below)
     written = assemble(args.runs, args.out or DEMO_DIR, sampling)
     total = sum(p.stat().st_size for p in written.values())
     for kind, path in written.items():

@@ -73,6 +73,8 @@ class EvalSettings:
     image_cfg: float = 1.5
     text_cfg: float = 7.5
     first_frame_cfg: float | None = None   # the text→image step's own text guidance; None = text_cfg
+    late_text_cfg: float | None = None     # the video's text guidance on its late steps; None = text_cfg
+    late_below: float = 0.5                # ... t < late_below·T (SamplerSettings.late_below)
     rescale: float = 0.7
     keep_known: bool = True    # known frames pinned while sampling (SamplerSettings.keep_known)
     interp_image_cfg: float = INTERP_FALLBACK["interp_image_cfg"]   # the interpolation model's own guidance
@@ -123,10 +125,11 @@ class EvalPipeline:
         self.interp_schedule = self.interp.schedule if self.interp else None
         self.sampler = SamplerSettings(steps=settings.steps, image_cfg=settings.image_cfg,
                                        text_cfg=settings.text_cfg, rescale=settings.rescale,
-                                       keep_known=settings.keep_known)
+                                       keep_known=settings.keep_known, late_text_cfg=settings.late_text_cfg,
+                                       late_below=settings.late_below)
         self.sampler.validate(self.schedule)
         self.interp_sampler = replace(self.sampler, image_cfg=settings.interp_image_cfg,
-                                      text_cfg=settings.interp_text_cfg)
+                                      text_cfg=settings.interp_text_cfg, late_text_cfg=None)
         self.first_sampler = first_frame_settings(self.sampler, settings.first_frame_cfg)
         self.size = settings.size or self.F.config.resolution
         self.frames = pipeline.check_frames(settings.frames or self.F.config.num_frames, self.F.config)
@@ -467,6 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-cfg", type=float, default=d.text_cfg)
     p.add_argument("--first-frame-cfg", type=float, default=d.first_frame_cfg,
                    help="text guidance of the text→image step (default: --text-cfg)")
+    p.add_argument("--late-text-cfg", type=float, default=d.late_text_cfg,
+                   help="the video's text guidance on its late steps (default: --text-cfg throughout)")
+    p.add_argument("--late-below", type=float, default=d.late_below,
+                   help="the late steps: t < this fraction of the training timesteps (default 0.5)")
     p.add_argument("--rescale", type=float, default=d.rescale, help="CFG rescale φ (0 = off)")
     p.add_argument("--interp-image-cfg", type=float, default=d.interp_image_cfg)
     p.add_argument("--interp-text-cfg", type=float, default=d.interp_text_cfg)
@@ -485,6 +492,7 @@ def eval_main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     settings = EvalSettings(seed=args.seed, steps=args.steps, frames=args.frames, size=args.size,
                             image_cfg=args.image_cfg, text_cfg=args.text_cfg, first_frame_cfg=args.first_frame_cfg,
+                            late_text_cfg=args.late_text_cfg, late_below=args.late_below,
                             rescale=args.rescale, device=args.device,
                             direct=args.direct, keep_known=args.keep_known, first_frames_only=args.first_frames_only,
                             interp_image_cfg=args.interp_image_cfg, interp_text_cfg=args.interp_text_cfg)

@@ -39,12 +39,16 @@ def loaders() -> list[tuple]:
     ]
 
 
+# The video's late-step text guidance (optional inputs) off, as in the demo manifest: text_cfg on every step.
+LATE_OFF = {"late_text_cfg": -1.0, "late_below": 0.5}
+
+
 def first_frame_and_video(image_source: tuple) -> list[tuple]:
     return [
         (7, "EmuVideoImageConditioning", {"image": image_source, "vae": link(3), "model": link(2),
                                           "resize_mode": "crop", "width": 0, "height": 0}),
         (8, "EmuVideoSampler", {"model": link(2), "text": link(5), "image_cond": link(7), "scheduler": link(4),
-                                "image_cfg": 3.5, "text_cfg": 7.5, "frames": 0, "seed": 42}),
+                                "image_cfg": 3.5, "text_cfg": 7.5, "frames": 0, "seed": 42, **LATE_OFF}),
     ]
 
 
@@ -83,7 +87,7 @@ def graphs() -> dict[str, list[tuple]]:
                                                        "prompt": "a red circle moving quickly down on a black background"}),
                            (21, "EmuVideoExtend", {"model": link(2), "latent": link(8), "text": link(20),
                                                    "scheduler": link(4), "image_cfg": 3.5, "text_cfg": 7.5,
-                                                   "context_frames": 0, "new_frames": 0, "seed": 43})]
+                                                   "context_frames": 0, "new_frames": 0, "seed": 43, **LATE_OFF})]
                         + decode_save(22, link(21), 4.0, "EmuVideo/extend_video"),
     }
 
