@@ -54,7 +54,8 @@ def text_scale_at(t: int, num_train_timesteps: int, text_scale: float, late_text
     Guidance limited to an interval of noise levels (Kynkäänniemi et al. 2024, "Applying guidance in a
     limited interval improves sample and distribution quality") is not in the paper. The early steps set
     the layout and the motion, which is where strong text guidance pays; on the late ones it reshapes
-    details the known frame already fixes (on the demo it rounded every square: demo/MODEL_CARD.md)."""
+    details the known frame already fixes. On the demo, 7.5 there rounds squares, yet held-out pairings
+    need it to keep their shape, so the demo keeps one scale (demo/MODEL_CARD.md)."""
     if late_text_scale is None or t >= late_below * num_train_timesteps:
         return text_scale
     return late_text_scale

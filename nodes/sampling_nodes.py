@@ -28,7 +28,8 @@ FIRST_FRAME_TEXT_CFG = ("FLOAT", {**TEXT_CFG[1], "tooltip": (
 LATE_TEXT_CFG = ("FLOAT", {"default": -1.0, "min": -1.0, "max": 30.0, "step": 0.1, "tooltip": (
     "s_T on the late, nearly clean steps (t < late_below·T); -1 = text_cfg on every step. Not in the paper "
     "(guidance in a limited interval, Kynkäänniemi et al. 2024): strong text guidance late reshapes details the "
-    "first frame fixes; the demo model keeps square corners with 3 (its manifest's late_text_cfg).")})
+    "first frame fixes. On the demo model 3 below 0.7 kept more squares but lost held-out triangles, so its "
+    "manifest and the shipped workflows keep text_cfg throughout (demo/MODEL_CARD.md).")})
 LATE_BELOW = ("FLOAT", {"default": 0.5, "min": 0.01, "max": 1.0, "step": 0.05,
                         "tooltip": "Where the late steps start, as a fraction of the training timesteps T."})
 LATE_INPUTS = {"late_text_cfg": LATE_TEXT_CFG, "late_below": LATE_BELOW}

@@ -43,8 +43,9 @@ def latent_focus_weights(latents: torch.Tensor, focus: float, dilate: int = 0) -
     dilate > 0 spreads each pixel's distance over its (2·dilate+1)² neighbourhood (a max filter), so
     the weight is flat across the object's edge. The weights come from the clean target, so where
     they differ across an edge the weighted loss's optimum is E[w·x0 | x_t] / E[w | x_t], not E[x0 | x_t]:
-    an uncertain edge pixel is pulled toward the object, which inflates objects and rounds corners.
-    A plateau that covers the edge's uncertainty removes that pull there."""
+    an uncertain edge pixel is pulled toward the object, which inflates objects. A plateau that covers
+    the edge's uncertainty removes that pull there (on the demo it did not keep squares square either:
+    demo/MODEL_CARD.md)."""
     video = latents.dim() == 5
     x = frames_to_batch(latents) if video else latents                      # [N,C,h,w] per frame
     distance = (x - border_median(x)).norm(dim=1, keepdim=True)
