@@ -408,7 +408,8 @@ def _add_sampling_args(p):
     p.add_argument("--late-text-cfg", type=float, default=None,
                    help="the video's text guidance on its late steps (default: the model set's, else --text-cfg)")
     p.add_argument("--late-below", type=float, default=None,
-                   help="the late steps: t < this fraction of the training timesteps (default: the model set's, else 0.5)")
+                   help="the late steps: t < this fraction of the training timesteps (default: the model set's, "
+                        f"else {SAMPLING_FALLBACK['late_below']})")
     p.add_argument("--rescale", type=float, default=None, help="CFG rescale φ, 0 = off (default: the model set's, else 0.7)")
     p.add_argument("--interp-image-cfg", type=float, default=None,
                    help="the interpolation model's image guidance (default: the model set's, else 1 = off)")

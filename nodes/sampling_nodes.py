@@ -9,7 +9,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from ..cli import INTERP_FALLBACK
+from ..cli import INTERP_FALLBACK, SAMPLING_FALLBACK
 from . import host
 
 CATEGORY = "Emu Video"
@@ -25,12 +25,13 @@ FIRST_FRAME_TEXT_CFG = ("FLOAT", {**TEXT_CFG[1], "tooltip": (
     "model draws the prompted shape far more often at 2 than at 7.5 (its manifest's first_frame_cfg, and the "
     "shipped workflows' value).")})
 # Optional on the video sampler and extend: old workflows, saved without them, load with text_cfg throughout.
-LATE_TEXT_CFG = ("FLOAT", {"default": -1.0, "min": -1.0, "max": 30.0, "step": 0.1, "tooltip": (
+LATE_OFF = -1.0                 # the widgets' "no late scale" (a FLOAT widget cannot be None)
+LATE_TEXT_CFG = ("FLOAT", {"default": LATE_OFF, "min": LATE_OFF, "max": 30.0, "step": 0.1, "tooltip": (
     "s_T on the late, nearly clean steps (t < late_below·T); -1 = text_cfg on every step. Not in the paper "
     "(guidance in a limited interval, Kynkäänniemi et al. 2024): strong text guidance late reshapes details the "
     "first frame fixes. On the demo model 3 below 0.7 kept more squares but lost held-out triangles, so its "
     "manifest and the shipped workflows keep text_cfg throughout (demo/MODEL_CARD.md).")})
-LATE_BELOW = ("FLOAT", {"default": 0.5, "min": 0.01, "max": 1.0, "step": 0.05,
+LATE_BELOW = ("FLOAT", {"default": SAMPLING_FALLBACK["late_below"], "min": 0.01, "max": 1.0, "step": 0.05,
                         "tooltip": "Where the late steps start, as a fraction of the training timesteps T."})
 LATE_INPUTS = {"late_text_cfg": LATE_TEXT_CFG, "late_below": LATE_BELOW}
 # The interpolation model's guidance defaults to off (cli.INTERP_FALLBACK): its ∅-image branch is untrained.
@@ -110,7 +111,7 @@ class EmuScheduler:
         return NoiseSchedule.from_config(dataclasses.replace(base, **change))
 
     def settings(self, image_cfg: float = 1.0, text_cfg: float = 7.5, steps: int | None = None,
-                 late_text_cfg: float = -1.0, late_below: float = 0.5):
+                 late_text_cfg: float = LATE_OFF, late_below: float = SAMPLING_FALLBACK["late_below"]):
         """late_text_cfg < 0 (the node's -1) = text_cfg on every step."""
         from ..model.sampling import SamplerSettings
 
@@ -312,8 +313,8 @@ class EmuVideoSampler:
             "seed": SEED,
         }, "optional": dict(LATE_INPUTS)}
 
-    def sample(self, model, text, image_cond, scheduler, image_cfg, text_cfg, frames, seed, late_text_cfg=-1.0,
-               late_below=0.5):
+    def sample(self, model, text, image_cond, scheduler, image_cfg, text_cfg, frames, seed, late_text_cfg=LATE_OFF,
+               late_below=SAMPLING_FALLBACK["late_below"]):
         from ..model.pipeline import generate_video
 
         num_frames = int(frames) or int(model.config.num_frames)
@@ -394,7 +395,7 @@ class EmuVideoExtend:
         }, "optional": dict(LATE_INPUTS)}
 
     def extend(self, model, latent, text, scheduler, image_cfg, text_cfg, context_frames, new_frames, seed,
-               late_text_cfg=-1.0, late_below=0.5):
+               late_text_cfg=LATE_OFF, late_below=SAMPLING_FALLBACK["late_below"]):
         from ..model.pipeline import extend
 
         samples = latent_samples(latent)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..cli import INTERP_FALLBACK
+from ..cli import INTERP_FALLBACK, SAMPLING_FALLBACK
 from ..model.checkpoint import atomic_save
 from ..model.video_io import atomic_path
 
@@ -223,7 +223,8 @@ def _optional_args(settings: dict) -> str:
     """The eval command's flags for the sampling keys a set may lack (each left out when not set)."""
     args = "" if settings.get("first_frame_cfg") is None else f" --first-frame-cfg {settings['first_frame_cfg']}"
     if settings.get("late_text_cfg") is not None:
-        args += f" --late-text-cfg {settings['late_text_cfg']} --late-below {settings.get('late_below', 0.5)}"
+        below = settings.get("late_below", SAMPLING_FALLBACK["late_below"])
+        args += f" --late-text-cfg {settings['late_text_cfg']} --late-below {below}"
     return args
 
 
@@ -237,7 +238,8 @@ def main(argv=None) -> int:
                    help="text guidance of the first frame stored for the CLI (default: none, i.e. --text-cfg)")
     p.add_argument("--late-text-cfg", type=float, default=None,
                    help="the video's text guidance on its late steps, stored for the CLI (default: none, i.e. --text-cfg)")
-    p.add_argument("--late-below", type=float, default=0.5, help="where the late steps start (fraction of T)")
+    p.add_argument("--late-below", type=float, default=SAMPLING_FALLBACK["late_below"],
+                   help="where the late steps start (fraction of T)")
     p.add_argument("--image-cfg", type=float, default=1.5)
     p.add_argument("--rescale", type=float, default=0.7)
     p.add_argument("--interp-image-cfg", type=float, default=INTERP_FALLBACK["interp_image_cfg"])

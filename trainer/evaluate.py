@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli import INTERP_FALLBACK
+from ..cli import INTERP_FALLBACK, SAMPLING_FALLBACK
 from ..model.conditioning import linear_blend
 from ..model.sampling import first_frame_settings
 from ..model.config import InputError
@@ -74,7 +74,7 @@ class EvalSettings:
     text_cfg: float = 7.5
     first_frame_cfg: float | None = None   # the text→image step's own text guidance; None = text_cfg
     late_text_cfg: float | None = None     # the video's text guidance on its late steps; None = text_cfg
-    late_below: float = 0.5                # ... t < late_below·T (SamplerSettings.late_below)
+    late_below: float = SAMPLING_FALLBACK["late_below"]   # ... t < late_below·T (SamplerSettings.late_below)
     rescale: float = 0.7
     keep_known: bool = True    # known frames pinned while sampling (SamplerSettings.keep_known)
     interp_image_cfg: float = INTERP_FALLBACK["interp_image_cfg"]   # the interpolation model's own guidance
@@ -473,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--late-text-cfg", type=float, default=d.late_text_cfg,
                    help="the video's text guidance on its late steps (default: --text-cfg throughout)")
     p.add_argument("--late-below", type=float, default=d.late_below,
-                   help="the late steps: t < this fraction of the training timesteps (default 0.5)")
+                   help=f"the late steps: t < this fraction of the training timesteps (default {d.late_below})")
     p.add_argument("--rescale", type=float, default=d.rescale, help="CFG rescale φ (0 = off)")
     p.add_argument("--interp-image-cfg", type=float, default=d.interp_image_cfg)
     p.add_argument("--interp-text-cfg", type=float, default=d.interp_text_cfg)
