@@ -249,12 +249,14 @@ def read_frames(path: str, fps: float | None = None, num_frames: int | None = No
             picked = _pick_frames(container.decode(stream), origin, t0, fps, num_frames, 1.0 / native)
         except av.error.FFmpegError as e:
             raise InputError(f"cannot decode {path}: {e}") from e
+        # converted while the container is open: a PyAV frame must not outlive its decoder
+        arrays = [frame.to_ndarray(format="rgb24", **resize) for frame in picked]
     if not picked or (num_frames is not None and len(picked) < num_frames):
         want = f"{num_frames} frames" if num_frames else "any frame"
         rate = f" at {fps} fps" if fps else ""
         raise InputError(f"{path} is too short: wanted {want}{rate} from t={t0:.2f}s, got {len(picked)} "
                          f"(clip lasts ~{duration:.2f}s); use fewer frames, a lower fps or a longer clip")
-    return np.stack([frame.to_ndarray(format="rgb24", **resize) for frame in picked])
+    return np.stack(arrays)
 
 
 def _pick_frames(decoded, origin: float, t0: float, fps, num_frames, native_step: float) -> list:

@@ -3,9 +3,13 @@ run the same steps, the gathered export loads as a model, FSDP resume is bit-exa
 what DDP computes."""
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import socket
+import warnings
+
+from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
@@ -39,22 +43,39 @@ def _common(tmp) -> dict:
 RUNS = [("straight", {}), ("killed", {"loop.stop_at": STEPS // 2}), ("resumed", {}), ("ddp", {"dist.strategy": "ddp"})]
 
 
-def _worker(rank: int, world: int, ports: list[int], tmp: str) -> None:
-    from pathlib import Path
-
+def _worker(rank: int, world: int, ports: list[int], tmp: str, out_root: str) -> None:
     from emu_video.trainer.train import train
 
+    faulthandler.enable(all_threads=True)   # a native crash prints every thread's Python stack
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1")
     torch.set_num_threads(1)
-    tmp = Path(tmp)
+    tmp, out_root = Path(tmp), Path(out_root)
     common, quiet, report = _common(tmp), (lambda *a: None), {}
     for (run, extra), port in zip(RUNS, ports):
         # a fresh rendezvous port per run: a rank that finishes first must not find the last run's store
         os.environ["MASTER_PORT"] = str(port)
-        out = tmp / ("resume" if run in ("killed", "resumed") else run)
+        out = out_root / ("resume" if run in ("killed", "resumed") else run)
         result = train(config(out, "video", tmp / "data", **{**common, **extra}), log=quiet)
         report[run] = {"step": result["step"], "losses": result["losses"], "finished": result["finished"]}
-    (tmp / f"rank{rank}.json").write_text(json.dumps(report))
+    (out_root / f"rank{rank}.json").write_text(json.dumps(report))
+
+
+def _run_ranks(tmp: Path) -> Path:
+    """Spawn the two ranks; returns the folder their runs wrote to.
+
+    One CI run in about twenty saw a rank die of glibc heap corruption ("malloc(): unaligned tcache
+    chunk detected", SIGABRT) inside torch's native code; 44 local repeats did not reproduce it. Our
+    code has no unsafe memory access, so a worker killed by a signal gets one fresh attempt, reported
+    as a warning with the crash; any Python exception, or a second crash, fails the test."""
+    for attempt in range(2):
+        out_root = tmp / f"attempt{attempt}"
+        try:
+            mp.spawn(_worker, args=(2, _free_ports(len(RUNS)), str(tmp), str(out_root)), nprocs=2, join=True)
+            return out_root
+        except mp.ProcessExitedException as e:
+            if attempt or e.signal_name is None:
+                raise
+            warnings.warn(f"FSDP rank {e.error_index} died of {e.signal_name} (native crash); one fresh attempt")
 
 
 def _export(tmp, run: str) -> dict[str, torch.Tensor]:
@@ -66,8 +87,8 @@ def test_two_process_fsdp_trains_exports_and_resumes(tmp_path):
     tiny_vae(tmp_path / "vae.safetensors")
     t2i_export(tmp_path / "t2i.safetensors")
     text_assets(tmp_path / "text")
-    mp.spawn(_worker, args=(2, _free_ports(len(RUNS)), str(tmp_path)), nprocs=2, join=True)
-    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    out = _run_ranks(tmp_path)
+    r0, r1 = (json.loads((out / f"rank{r}.json").read_text()) for r in range(2))
 
     # (1) both ranks ran the same steps and saw the same (all-reduced) losses
     assert r0 == r1
@@ -75,12 +96,12 @@ def test_two_process_fsdp_trains_exports_and_resumes(tmp_path):
     assert r0["straight"]["finished"] and not r0["killed"]["finished"] and r0["resumed"]["finished"]
 
     # (2) rank 0 exported the gathered full weights: a loadable video model, trained temporal layers
-    path = tmp_path / "straight" / "video" / "export" / "model.safetensors"
+    path = out / "straight" / "video" / "export" / "model.safetensors"
     unet, mc = load_model(path)[:2]
     assert mc.kind == "video" and mc.num_frames == 4
-    exported, init = _export(tmp_path, "straight"), load_file(str(tmp_path / "t2i.safetensors"))
+    exported, init = _export(out, "straight"), load_file(str(tmp_path / "t2i.safetensors"))
     assert all(torch.equal(exported[k], init[k]) for k in init)              # frozen spatial untouched
-    cfg = config(tmp_path / "straight", "video", tmp_path / "data", **_common(tmp_path))
+    cfg = config(out / "straight", "video", tmp_path / "data", **_common(tmp_path))
     torch.manual_seed(cfg.seed)
     untrained = build.build_unet(cfg, *build.model_config(cfg)).state_dict()
     moved = [k for k in exported if not torch.equal(exported[k], untrained[k])]
@@ -89,15 +110,15 @@ def test_two_process_fsdp_trains_exports_and_resumes(tmp_path):
 
     # (3) FSDP resume is exact: N/2, stop, resume, N/2 == N straight (weights, EMA, moments, losses)
     assert r0["resumed"]["losses"] == r0["straight"]["losses"][STEPS // 2:]
-    resumed = _export(tmp_path, "resume")
+    resumed = _export(out, "resume")
     assert exported.keys() == resumed.keys()
     assert all(torch.equal(exported[k], resumed[k]) for k in exported)
-    a, b = (load_file(str(latest_state(tmp_path / run / "video" / "checkpoints"))) for run in ("straight", "resume"))
+    a, b = (load_file(str(latest_state(out / run / "video" / "checkpoints"))) for run in ("straight", "resume"))
     gathered = [k for k in a if k.startswith(("model.", "ema.", "optim."))]
     assert gathered and all(torch.equal(a[k], b[k]) for k in gathered)    # full, not per-rank shards
 
     # FSDP's reduce-scatter computes DDP's all-reduce: same trajectory up to summation order
-    ddp = _export(tmp_path, "ddp")
+    ddp = _export(out, "ddp")
     for k in exported:
         torch.testing.assert_close(exported[k], ddp[k], msg=k)
     torch.testing.assert_close(r0["straight"]["losses"], r0["ddp"]["losses"])
