@@ -8,7 +8,6 @@ import json
 import os
 import socket
 import warnings
-
 from pathlib import Path
 
 import torch
@@ -66,7 +65,7 @@ def _run_ranks(tmp: Path) -> Path:
     One CI run in about twenty saw a rank die of glibc heap corruption ("malloc(): unaligned tcache
     chunk detected", SIGABRT) inside torch's native code; 44 local repeats did not reproduce it. Our
     code has no unsafe memory access, so a worker killed by a signal gets one fresh attempt, reported
-    as a warning with the crash; any Python exception, or a second crash, fails the test."""
+    as a warning naming the signal; any Python exception, or a second crash, fails the test."""
     for attempt in range(2):
         out_root = tmp / f"attempt{attempt}"
         try:
