@@ -5,7 +5,7 @@
     emu-video run WORKFLOW.json [--set N.INPUT=V ...]   run a shipped workflow (UI or API format) headlessly
     emu-video generate --prompt "..." --out clip.mp4    text → first frame → video → interpolation → mp4
     emu-video animate --image PIC --prompt "..." --out clip.mp4
-    emu-video train | toy-data | select-hq | bench | eval | table1   (hooks into trainer/ and bench.py)
+    emu-video train | toy-data | select-hq | bench | eval | table1 | guidance-probe   (hooks into trainer/, bench.py)
 
 Heavy imports (torch, transformers, av) happen inside the commands, so `--help` is instant.
 """
@@ -39,6 +39,8 @@ HOOKS = {
     "select-hq": ("trainer.hq", "select_hq_main", "select a high-motion, high-quality subset (§3.3)"),
     "bench": ("bench", "bench_main", "benchmarks (bench.py)"),
     "eval": ("trainer.evaluate", "eval_main", "evaluate a model on held-out toy-world prompts"),
+    "guidance-probe": ("trainer.guidance_probe", "guidance_probe_main",
+                       "one step of each guidance branch on noised toy clips: which scales keep each shape"),
     "table1": ("trainer.ablations", "table1_main", "reproduce the paper's Table 1 ablations at toy scale (docs/EVAL.md)"),
 }
 
