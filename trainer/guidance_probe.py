@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check(args, num_train_timesteps: int):
+def _check(args, num_train_timesteps: int) -> tuple[list[str], list[int]]:
+    """The shapes and timesteps asked for, checked (the scales are parsed before the model loads)."""
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     unknown = [s for s in shapes if s not in tw.SHAPES]
     if not shapes or unknown:
@@ -133,7 +134,7 @@ def _check(args, num_train_timesteps: int):
     bad = [t for t in timesteps if not 0 <= t < num_train_timesteps]
     if bad:
         raise InputError(f"--timesteps {bad} outside the model's 0..{num_train_timesteps - 1}")
-    return shapes, timesteps, [parse_scales(s) for s in args.scales]
+    return shapes, timesteps
 
 
 def guidance_probe_main(argv=None) -> int:
@@ -147,7 +148,7 @@ def guidance_probe_main(argv=None) -> int:
         scales = [parse_scales(s) for s in args.scales]       # fail before loading anything
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         pipe = EvalPipeline(cli.load_model_set(cli.find_model_set(args.model), device=device), EvalSettings())
-        shapes, timesteps, scales = _check(args, pipe.schedule.num_train_timesteps)
+        shapes, timesteps = _check(args, pipe.schedule.num_train_timesteps)
         results = run_probe(pipe, shapes, args.per_shape, timesteps, scales, args.seed, progress=not args.quiet)
     except ValueError as e:    # InputError / ConfigError / CheckpointError: messages written for users
         print(f"emu-video guidance-probe: {e}", file=sys.stderr)
