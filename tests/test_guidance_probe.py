@@ -30,18 +30,6 @@ def test_probe_clips_give_the_asked_shapes_from_seen_combinations():
     assert clips != gp.probe_clips(["square", "diamond"], 3, seed=6)
 
 
-def test_shape_kept_counts_the_frames_after_the_first(monkeypatch):
-    a = dict(shape="square", colour="red", motion="right", speed="slow", background="black")
-    frames = tw.render_clip(a, 64, 5, seed=0)
-    frames[3] = tw.render_clip(dict(a, shape="circle"), 64, 5, seed=0)[3]   # one of 4 later frames round
-    frames[0] = frames[0] * 0                                               # frame 0 is not judged
-
-    class Pipe:
-        def _pixels(self, x0):
-            return frames
-    assert gp.shape_kept(Pipe(), None, "square") == 0.75
-
-
 def test_cli_prints_a_row_per_shape_and_timestep(model_dir, capsys):
     argv = ["--model", str(model_dir), "--shapes", "square,circle", "--per-shape", "1", "--timesteps", "100,500",
             "--scales", "1,1", "3,5", "--quiet"]
@@ -67,8 +55,8 @@ def test_identity_scales_equal_the_branch_alone(model_dir, monkeypatch):
         for param in pipe.F.unet.parameters():
             param.add_(0.05 * torch.randn_like(param))
     judged = []
-    real = gp.shape_kept
-    monkeypatch.setattr(gp, "shape_kept", lambda p, x0, shape: judged.append(x0.clone()) or real(p, x0, shape))
+    decode = pipe._pixels
+    monkeypatch.setattr(pipe, "_pixels", lambda x0: judged.append(x0.clone()) or decode(x0))
     gp.run_probe(pipe, ["square"], 1, [300], [(1.0, 1.0), (1.0, 0.0), (2.0, 4.0)], progress=False)
 
     _, _, a, clip_seed = gp.probe_clips(["square"], 1, 5)[0]

@@ -19,6 +19,7 @@ import sys
 import numpy as np
 
 from ..model.config import InputError
+from . import eval_metrics as em
 from . import toy_world as tw
 
 DEFAULT_SCALES = ("1,1", "1,0", "3.5,1", "1,2", "1,3", "3.5,7.5")
@@ -63,14 +64,8 @@ def branch_predictions(pipe, x_t, t: int, cond, mask, text, null) -> dict:
                 for name, (txt, c, m) in inputs.items()}
 
 
-def shape_kept(pipe, x0, shape: str) -> float:
-    """Fraction of frames 1..T-1 of the decoded x̂0 that the oracle reads as `shape`."""
-    frames = tw.measure_frames(pipe._pixels(x0))[1:]
-    return sum(m["shape"] == shape for m in frames) / len(frames)
-
-
 def run_probe(pipe, shapes, per_shape: int, timesteps, scales, seed: int = 5, progress: bool = True) -> dict:
-    """{(shape, t, (s_I, s_T)): mean fraction of frames showing the clip's shape}."""
+    """{(shape, t, (s_I, s_T)): fraction of frames 1..T-1 of the decoded x̂0 showing the clip's shape}."""
     import torch
 
     from ..model import conditioning as C
@@ -88,10 +83,10 @@ def run_probe(pipe, shapes, per_shape: int, timesteps, scales, seed: int = 5, pr
             preds = branch_predictions(pipe, x_t, t, cond, mask, text, null)
             for pair in scales:
                 x0, _ = pipe.schedule.pred_x0_eps(x_t, combine_branches(preds, *pair), t)
-                found.setdefault((shape, t, pair), []).append(shape_kept(pipe, x0, shape))
+                found.setdefault((shape, t, pair), []).append((tw.measure_frames(pipe._pixels(x0)), shape))
         if progress:
             print(f"guidance-probe: {shape} clip {k + 1}/{per_shape} done", file=sys.stderr, flush=True)
-    return {key: float(np.mean(v)) for key, v in found.items()}
+    return {key: em.shape_kept(clips, [key[0]])[key[0]] for key, clips in found.items()}
 
 
 def format_table(results: dict, shapes, timesteps, scales) -> str:
