@@ -137,14 +137,6 @@ def test_shape_kept_counts_the_frames_after_the_first_per_prompted_shape():
 
 # --------------------------------------------------------------------------- end to end
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.getbasetemp() / "emu_tiny_models"   # shared with test_cli.py in one session
-    if not (folder / cli.MANIFEST).exists():
-        cli.init_models(folder)
-    return folder
-
-
 def test_eval_main_writes_report_metrics_and_sheets(model_dir, tmp_path, capsys):
     out = tmp_path / "eval"
     assert ev.eval_main(["--model", str(model_dir), "--out", str(out), "--held-out", "1", "--steps", "2",

@@ -7,14 +7,6 @@ from emu_video.trainer import guidance_probe as gp
 from emu_video.trainer import toy_world as tw
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.getbasetemp() / "emu_tiny_models"   # shared with test_cli.py / test_evaluate.py
-    if not (folder / cli.MANIFEST).exists():
-        cli.init_models(folder)
-    return folder
-
-
 def test_parse_scales_reads_pairs_and_rejects_the_rest():
     assert gp.parse_scales("3.5,7.5") == (3.5, 7.5)
     for bad in ("3.5", "a,b", "1,2,3", "-1,2"):

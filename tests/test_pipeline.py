@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from emu_video.cli import MANIFEST, find_model_set, init_models, load_model_set
+from emu_video.cli import find_model_set, load_model_set
 from emu_video.model import pipeline
 from emu_video.model.config import InputError
 from emu_video.model.sampling import SamplerSettings, SamplingCancelled
@@ -13,14 +13,6 @@ from emu_video.model.sampling import SamplerSettings, SamplingCancelled
 
 PROMPT = "a red circle moving quickly right on a black background"
 SETTINGS = SamplerSettings(steps=2, image_cfg=1.5, text_cfg=3.0, rescale=0.7)
-
-
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.getbasetemp() / "emu_tiny_models"   # shared by every test file of the session
-    if not (folder / MANIFEST).exists():
-        init_models(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
