@@ -19,6 +19,8 @@ import os
 import sys
 from pathlib import Path
 
+from .model.config import GUIDANCE_FORMS
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEMO_DIR = PACKAGE_DIR / "demo"
 MANIFEST = "emu_video_models.json"
@@ -296,7 +298,7 @@ def make_video(args, image=None) -> Path:
 
 
 SAMPLING_FALLBACK = {"steps": 50, "image_cfg": 1.5, "text_cfg": 7.5, "rescale": 0.7, "keep_known": True,
-                     "late_text_cfg": None, "late_below": 0.5}
+                     "late_text_cfg": None, "late_below": 0.5, "guidance": "cfg"}
 # The interpolation model's own guidance: I is trained with its key frames always given, so its ∅-image
 # branch is untrained, and on the demo text guidance blurred the in-betweens (MODEL_CARD.md); 1 = one forward.
 INTERP_FALLBACK = {"interp_image_cfg": 1.0, "interp_text_cfg": 1.0}
@@ -326,7 +328,7 @@ def interp_settings(args, settings):
     """The video's SamplerSettings with the interpolation model's own guidance scales."""
     chosen = _chosen(args, INTERP_FALLBACK)
     return dataclasses.replace(settings, image_cfg=chosen["interp_image_cfg"], text_cfg=chosen["interp_text_cfg"],
-                               late_text_cfg=None)
+                               late_text_cfg=None, guidance="cfg")
 
 
 def read_picture(path: str | os.PathLike):
@@ -413,6 +415,10 @@ def _add_sampling_args(p):
                    help="the late steps: t < this fraction of the training timesteps (default: the model set's, "
                         f"else {SAMPLING_FALLBACK['late_below']})")
     p.add_argument("--rescale", type=float, default=None, help="CFG rescale φ, 0 = off (default: the model set's, else 0.7)")
+    p.add_argument("--guidance", choices=GUIDANCE_FORMS, default=None,
+                   help="the video's guidance form; cfg++ renoises each step with the unguided branch and takes "
+                        "scales near 1, e.g. --guidance cfg++ --image-cfg 1 --text-cfg 1 (default: the model "
+                        "set's, else cfg)")
     p.add_argument("--interp-image-cfg", type=float, default=None,
                    help="the interpolation model's image guidance (default: the model set's, else 1 = off)")
     p.add_argument("--interp-text-cfg", type=float, default=None,

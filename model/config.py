@@ -19,6 +19,10 @@ class InputError(ValueError):
     """Bad user input (tensor shapes, sizes, files, values); the message says what to do."""
 
 
+# The sampler's guidance forms (model/guidance.py): here, torch-free, so the CLI and nodes can list them.
+GUIDANCE_FORMS = ("cfg", "cfg++")
+
+
 @dataclass
 class UNetConfig:
     """The spatial U-Net in Stable Diffusion's LDM layout plus the temporal layers (§3.2, §3.3).

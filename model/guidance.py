@@ -6,14 +6,29 @@ combined image-first, then text (the ordering matters, PAPER_NOTES "Classifier-f
     v = v(∅,∅) + s_I·(v(I,∅) − v(∅,∅)) + s_T·(v(I,T) − v(I,∅))
 The weights sum to 1, so the combination is the same in v, ε or x0 space; CFG *rescale* is not
 (std is not affine-equivariant) and is applied on v, like diffusers and ComfyUI (diffusion_math §2.6).
+
+CFG++ (Chung et al. 2024, "CFG++: Manifold-constrained classifier free guidance"; not in the paper) is a
+second form of the same combination: each DDIM step takes x̂0 from the guided prediction but points back
+toward x_prev with the UNGUIDED branch's ε̂ (v(∅,∅)) instead of the guided one. The scales then act as
+λ ≈ 0..1 (1 = x̂0 of the fully conditioned branch, not an extrapolation past it), and the guidance works
+through the trajectory instead of overshooting every x̂0. On the demo model, animating true pictures, it
+kept squares square in 14 of 56 frames against 2 with CFG at 3.5 / 7.5 (demo/MODEL_CARD.md).
 """
 from __future__ import annotations
 
 import torch
 
-from .config import InputError
+from .config import GUIDANCE_FORMS, InputError
 
 BRANCHES = ("full", "image", "uncond")
+
+
+def renoise_branch(form: str) -> str | None:
+    """The branch whose ε̂ a DDIM step renoises with: None = the guided prediction's own (CFG), the
+    unguided v(∅,∅) for CFG++ (module docstring)."""
+    if form not in GUIDANCE_FORMS:
+        raise InputError(f"unknown guidance form {form!r}; choose one of {', '.join(GUIDANCE_FORMS)}")
+    return "uncond" if form == "cfg++" else None
 
 
 def dual_guidance(v_uncond: torch.Tensor, v_image: torch.Tensor, v_full: torch.Tensor,

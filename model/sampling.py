@@ -19,7 +19,7 @@ import torch
 
 from .conditioning import TextCondition, drop_image, model_input, pin_known_frames
 from .config import InputError
-from .guidance import BRANCHES, combine_branches, guidance_branches, rescale_cfg, text_scale_at
+from .guidance import BRANCHES, combine_branches, guidance_branches, renoise_branch, rescale_cfg, text_scale_at
 from .schedule import NoiseSchedule
 
 
@@ -46,9 +46,12 @@ class SamplerSettings:
     keep_known: bool = True       # replacement method: known frames (a user's picture) come out exactly as given
     late_text_cfg: float | None = None   # video only: s_T on the late steps (t < late_below·T); None = text_cfg
     late_below: float = 0.5       # ... where "late" starts, as a fraction of the training timesteps T
+    guidance: str = "cfg"         # "cfg" or "cfg++" (renoise with v(∅,∅), scales near 1; guidance.py); the
+                                  # pipeline's first frame and in-betweens keep "cfg"
 
     def validate(self, schedule: NoiseSchedule) -> None:
         schedule.timesteps(self.steps, self.spacing)  # raises on a bad step count or spacing name
+        renoise_branch(self.guidance)                  # raises on an unknown guidance form
         if self.eta < 0:
             raise InputError(f"eta must be >= 0, got {self.eta}")
         if not 0.0 <= self.rescale <= 1.0:
@@ -64,7 +67,9 @@ def first_frame_settings(settings: SamplerSettings, text_cfg: float | None) -> S
     """The text→image step's settings (§3.2 step 1): the video's, with the picture's own text guidance
     where one is given. A scale tuned for the video can overshoot a single frame: the demo draws the
     right shape far more often at 2 than at the video's 7.5 (demo/MODEL_CARD.md). Image sampling
-    has no late text scale (late_text_cfg is the video's)."""
+    has no late text scale (late_text_cfg is the video's) and keeps plain CFG (CFG++ scales are λ ≈ 1,
+    the video's)."""
+    settings = replace(settings, guidance="cfg")
     return settings if text_cfg is None else replace(settings, text_cfg=float(text_cfg))
 
 
@@ -96,7 +101,9 @@ def _denoise(schedule: NoiseSchedule, x: torch.Tensor, settings: SamplerSettings
              pin: Callable | None = None, late_text_scale: float | None = None) -> torch.Tensor:
     """The DDIM loop shared by image and video sampling; `predict(x, t)` returns the branches' outputs
     and `pin(x, guided, t)`, when given, rewrites the guided prediction (known-frame replacement).
-    `late_text_scale` replaces `text_scale` on the late steps (guidance.text_scale_at)."""
+    `late_text_scale` replaces `text_scale` on the late steps (guidance.text_scale_at); with
+    settings.guidance "cfg++" each step renoises with the unguided branch (guidance.renoise_branch)."""
+    ref = renoise_branch(settings.guidance)
     timesteps = schedule.timesteps(settings.steps, settings.spacing)
     previous = schedule.previous_timesteps(timesteps)
     total = len(timesteps)
@@ -108,9 +115,12 @@ def _denoise(schedule: NoiseSchedule, x: torch.Tensor, settings: SamplerSettings
         guided = combine_branches(preds, image_scale, s_T)
         if settings.rescale > 0:
             guided = rescale_cfg(guided, preds["full"], settings.rescale)
+        renoise = preds[ref] if ref else None
         if pin is not None:
             guided = pin(x, guided, t)
-        x, x0 = schedule.ddim_step(x, guided, t, t_prev, eta=settings.eta, generator=generator)
+            renoise = None if renoise is None else pin(x, renoise, t)
+        x, x0 = schedule.ddim_step(x, guided, t, t_prev, eta=settings.eta, generator=generator,
+                                   renoise_out=renoise)
         # One device→host sync per step; cheap next to a U-Net forward and names the failing step.
         if not bool(torch.isfinite(x).all()):
             raise SamplingDiverged(
@@ -129,6 +139,9 @@ def _branches(settings: SamplerSettings, image_scale: float, text_scale: float,
         branches = tuple(b for b in BRANCHES if b in branches or b in late)
     if settings.rescale > 0 and "full" not in branches:
         branches = ("full",) + branches  # rescale's reference std is the fully conditioned prediction
+    ref = renoise_branch(settings.guidance)
+    if ref and ref not in branches:      # CFG++ renoises with v(∅,∅) even where its weight is 0
+        branches = tuple(b for b in BRANCHES if b in branches or b == ref)
     return branches
 
 

@@ -212,19 +212,23 @@ class NoiseSchedule:
     # ------------------------------------------------------------------ DDIM
 
     def ddim_step(self, x_t: torch.Tensor, model_out: torch.Tensor, t, t_prev, eta: float = 0.0,
-                  generator: torch.Generator | None = None,
-                  noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+                  renoise_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One DDIM update x_t → x_{t_prev}; returns (x_prev, x̂0) (diffusion_math.md §2.5).
 
         t_prev must come from the timestep list (`previous_timesteps`); -1 means "past the end",
         where ᾱ_prev = 1 and the step returns x̂0 (diffusers' set_alpha_to_one=True). No x̂0
         clipping: latents are not bounded to [-1, 1]. With eta > 0 the fresh noise z is `noise` if
         given, else drawn from `generator` on its device (CPU by default) and moved to x_t's device.
+        `renoise_out`, when given, supplies the ε̂ that points back toward x_prev instead of model_out's
+        (CFG++: the unguided branch's; guidance.py).
         """
         if eta < 0:
             raise InputError(f"eta must be >= 0 (0 = deterministic DDIM, 1 = DDPM-like), got {eta}")
         w = _work_dtype(x_t)
         x0, eps = self.pred_x0_eps(x_t, model_out, t)
+        if renoise_out is not None:
+            eps = self.pred_x0_eps(x_t, renoise_out, t)[1]
         ab_t, ab_prev = self.alpha_bar(t, x_t), self.alpha_bar(t_prev, x_t)
         x_prev = ab_prev.sqrt() * x0
         sigma = 0.0

@@ -114,6 +114,20 @@ def test_late_text_guidance_is_stored_and_read_back_for_the_video_only(fake_runs
     assert SamplerSettings(**cli.sampling_settings(args)).late_text_cfg is None   # sets without it: one scale
 
 
+def test_guidance_form_comes_from_the_flag_and_stays_the_videos(fake_runs, tmp_path):
+    from emu_video.model.sampling import SamplerSettings
+
+    out = tmp_path / "demo"
+    assert demo.main(["--runs", str(fake_runs), "--out", str(out)]) == 0
+    parse = cli.build_parser().parse_args
+    assert SamplerSettings(**cli.sampling_settings(parse(["generate", "--prompt", PROMPT, "--model", str(out)]))).guidance == "cfg"
+    args = parse(["generate", "--prompt", PROMPT, "--model", str(out), "--guidance", "cfg++"])
+    video = SamplerSettings(**cli.sampling_settings(args))
+    assert video.guidance == "cfg++" and cli.interp_settings(args, video).guidance == "cfg"
+    with pytest.raises(SystemExit):
+        parse(["generate", "--prompt", PROMPT, "--guidance", "cfgpp"])
+
+
 def test_init_models_demo_copies_under_workflow_names(fake_runs, tmp_path, monkeypatch):
     source = tmp_path / "demo"
     demo.assemble(fake_runs, source, dict(steps=5))

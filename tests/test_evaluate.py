@@ -217,6 +217,8 @@ def test_interpolation_runs_with_its_own_guidance(model_dir):
     assert pipe.interp_sampler.steps == 2 and pipe.interp_sampler.keep_known
     assert (pipe.sampler.late_text_cfg, pipe.sampler.late_below) == (3.0, 0.7)       # the video's late steps
     assert pipe.interp_sampler.late_text_cfg is None                                 # not the in-betweens'
+    cfgpp = ev.EvalPipeline(cli.load_model_set(cli.find_model_set(model_dir)), ev.EvalSettings(steps=2, guidance="cfg++"))
+    assert (cfgpp.sampler.guidance, cfgpp.interp_sampler.guidance, cfgpp.first_sampler.guidance) == ("cfg++", "cfg", "cfg")
 
 
 def test_first_frames_use_their_own_guidance(model_dir, monkeypatch):

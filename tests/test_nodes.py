@@ -106,7 +106,7 @@ def test_video_sampler_late_text_guidance_is_optional_and_reaches_the_settings(m
     from emu_video.model import pipeline
 
     assert set(S.EmuVideoSampler.INPUT_TYPES()["optional"]) == set(S.EmuVideoExtend.INPUT_TYPES()["optional"]) \
-        == {"late_text_cfg", "late_below"}
+        == {"late_text_cfg", "late_below", "guidance"}
     used = []
     monkeypatch.setattr(pipeline, "generate_video", lambda unet, schedule, config, text, null, settings, *a, **k:
                         used.append(settings) or torch.zeros(1, 4, 2, 4, 4))
@@ -114,6 +114,9 @@ def test_video_sampler_late_text_guidance_is_optional_and_reaches_the_settings(m
     S.EmuVideoSampler().sample(m["model"], m["text"], cond, m["scheduler"], 3.5, 7.5, 2, 0)        # as saved before
     S.EmuVideoSampler().sample(m["model"], m["text"], cond, m["scheduler"], 3.5, 7.5, 2, 0, 3.0, 0.7)
     assert [(s.text_cfg, s.late_text_cfg, s.late_below) for s in used] == [(7.5, None, 0.5), (7.5, 3.0, 0.7)]
+    S.EmuVideoSampler().sample(m["model"], m["text"], cond, m["scheduler"], 1.0, 1.0, 2, 0, guidance="cfg++")
+    assert [s.guidance for s in used] == ["cfg", "cfg", "cfg++"]                   # old workflows: plain cfg
+    assert S.EmuVideoSampler.INPUT_TYPES()["optional"]["guidance"][0] == ["cfg", "cfg++"]
 
 
 def test_full_chain_text_to_video_interpolate_extend_decode_save(m, tmp_path):

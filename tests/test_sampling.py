@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -109,7 +111,64 @@ def test_late_text_guidance_leaves_the_first_frame_alone():
                                sample_image(FakeDenoiser(), SCHEDULE, noise, text, null, SamplerSettings(steps=4, text_cfg=2.0)))
 
 
-@pytest.mark.parametrize("bad,message", [(dict(late_text_cfg=-1.0), "late text guidance must be >= 0"),
+def reference_cfgpp(denoiser, noise, cond, mask, text, null, settings):
+    """CFG++ (Chung et al. 2024, Algorithm 1) with dual guidance, three separate forwards per step:
+    x̂0 from the guided v, the step back toward x_prev with the unguided branch's ε̂."""
+    null = null.repeat(noise.shape[0])
+    ts = SCHEDULE.timesteps(settings.steps, settings.spacing)
+    x = noise
+    for t, t_prev in zip(ts.tolist(), SCHEDULE.previous_timesteps(ts).tolist()):
+        tt = torch.full((x.shape[0],), t)
+        full = denoiser(model_input(x, cond, mask), tt, text.context, text.masks, image_mode=False)
+        image = denoiser(model_input(x, cond, mask), tt, null.context, null.masks, image_mode=False)
+        uncond = denoiser(model_input(x, 0 * cond, 0 * mask), tt, null.context, null.masks, image_mode=False)
+        x0, _ = SCHEDULE.pred_x0_eps(x, dual_guidance(uncond, image, full, settings.image_cfg, settings.text_cfg), t)
+        _, eps_uncond = SCHEDULE.pred_x0_eps(x, uncond, t)
+        ab_prev = SCHEDULE.alpha_bar(t_prev, x)
+        x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps_uncond
+    return x
+
+
+@pytest.mark.parametrize("s_i,s_t", [(1.0, 1.0), (1.0, 0.8), (1.5, 1.2)])
+def test_cfgpp_renoises_with_the_unguided_branch(s_i, s_t):
+    noise, cond, mask = video_inputs()
+    text, null = texts()
+    settings = SamplerSettings(steps=4, image_cfg=s_i, text_cfg=s_t, keep_known=False, guidance="cfg++")
+    denoiser = FakeDenoiser()
+    out = sample_video(denoiser, SCHEDULE, noise, cond, mask, text, null, settings)
+    torch.testing.assert_close(out, reference_cfgpp(FakeDenoiser(), noise, cond, mask, text, null, settings),
+                               atol=1e-5, rtol=1e-5)
+    assert denoiser.calls[0][0] >= 2 * 2        # v(∅,∅) is run even where its guidance weight is 0 (s_I = 1)
+    plain = sample_video(FakeDenoiser(), SCHEDULE, noise, cond, mask, text, null, replace(settings, guidance="cfg"))
+    assert not torch.allclose(out, plain, atol=1e-3)
+
+
+def test_cfgpp_keeps_the_known_frames_exactly():
+    noise, cond, mask = video_inputs()
+    out = sample_video(FakeDenoiser(), SCHEDULE, noise, cond, mask, *texts(),
+                       SamplerSettings(steps=5, image_cfg=1.0, text_cfg=1.0, guidance="cfg++"))
+    torch.testing.assert_close(out[:, :, 0], cond[:, :, 0])
+
+
+def test_ddim_step_renoises_with_the_given_prediction():
+    x, v, v_ref = (make_noise((1, C, 2, 4, 4), seed=s) for s in (4, 5, 6))
+    x0, _ = SCHEDULE.pred_x0_eps(x, v, 500)
+    _, eps_ref = SCHEDULE.pred_x0_eps(x, v_ref, 500)
+    ab_prev = SCHEDULE.alpha_bar(250, x)
+    x_prev, x0_out = SCHEDULE.ddim_step(x, v, 500, 250, renoise_out=v_ref)
+    torch.testing.assert_close(x_prev, ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps_ref)
+    torch.testing.assert_close(x0_out, x0)
+    torch.testing.assert_close(SCHEDULE.ddim_step(x, v, 500, 250, renoise_out=v)[0], SCHEDULE.ddim_step(x, v, 500, 250)[0])
+
+
+def test_first_frame_settings_keep_plain_cfg():
+    from emu_video.model.sampling import first_frame_settings
+
+    assert first_frame_settings(SamplerSettings(guidance="cfg++"), 2.0).guidance == "cfg"
+
+
+@pytest.mark.parametrize("bad,message", [(dict(guidance="cfgpp"), "unknown guidance form 'cfgpp'; choose one of cfg, cfg\\+\\+"),
+                                         (dict(late_text_cfg=-1.0), "late text guidance must be >= 0"),
                                          (dict(late_below=0.0), "late_below must be in"),
                                          (dict(late_below=1.5), "late_below must be in")])
 def test_bad_late_text_guidance_is_refused(bad, message):

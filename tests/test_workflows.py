@@ -39,14 +39,17 @@ def test_ui_links_are_consistent(name):
         assert nodes[src]["outputs"][src_slot]["type"] == kind == nodes[dst]["inputs"][dst_slot]["type"]
 
 
-def test_a_workflow_saved_before_the_late_guidance_inputs_loads_with_them_off():
-    """Shared workflows outlive node versions: the video sampler's optional late_text_cfg / late_below
-    came later, and a UI workflow saved without their values converts with the defaults (off)."""
+@pytest.mark.parametrize("dropped", [1, 3])
+def test_a_workflow_saved_before_the_optional_guidance_inputs_loads_with_them_off(dropped):
+    """Shared workflows outlive node versions: the video sampler's optional late_text_cfg / late_below,
+    then guidance, came later, and a UI workflow saved without their values converts with the defaults
+    (off, and the paper's cfg)."""
     ui = load("text_to_video")
     sampler = next(n for n in ui["nodes"] if n["type"] == "EmuVideoSampler")
-    sampler["widgets_values"] = sampler["widgets_values"][:-2]
+    sampler["widgets_values"] = sampler["widgets_values"][:-dropped]
     inputs = ui_to_api(ui, emu_video.NODE_CLASS_MAPPINGS)[str(sampler["id"])]["inputs"]
     assert (inputs["late_text_cfg"], inputs["late_below"], inputs["text_cfg"]) == (-1.0, 0.5, 7.5)
+    assert inputs["guidance"] == "cfg"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -62,6 +65,7 @@ def test_workflows_sample_with_the_demo_models_guidance(name):
             late = sampling.get("late_text_cfg")
             assert inputs["late_text_cfg"] == (-1.0 if late is None else late)
             assert late is None or inputs["late_below"] == sampling["late_below"]
+            assert inputs["guidance"] == sampling.get("guidance", "cfg")
         if node["class_type"] == "EmuVideoInterpolate":
             assert (inputs["text_cfg"], inputs["image_cfg"]) == (sampling["interp_text_cfg"],
                                                                  sampling["interp_image_cfg"])

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..cli import INTERP_FALLBACK, SAMPLING_FALLBACK
 from ..model.conditioning import linear_blend
+from ..model.config import GUIDANCE_FORMS
 from ..model.sampling import first_frame_settings
 from ..model.config import InputError
 from ..model.video_io import atomic_path, to_uint8_frames, write_png_grid
@@ -75,6 +76,7 @@ class EvalSettings:
     first_frame_cfg: float | None = None   # the text→image step's own text guidance; None = text_cfg
     late_text_cfg: float | None = None     # the video's text guidance on its late steps; None = text_cfg
     late_below: float = SAMPLING_FALLBACK["late_below"]   # ... t < late_below·T (SamplerSettings.late_below)
+    guidance: str = SAMPLING_FALLBACK["guidance"]         # the video's guidance form: "cfg" or "cfg++"
     rescale: float = 0.7
     keep_known: bool = True    # known frames pinned while sampling (SamplerSettings.keep_known)
     interp_image_cfg: float = INTERP_FALLBACK["interp_image_cfg"]   # the interpolation model's own guidance
@@ -126,10 +128,10 @@ class EvalPipeline:
         self.sampler = SamplerSettings(steps=settings.steps, image_cfg=settings.image_cfg,
                                        text_cfg=settings.text_cfg, rescale=settings.rescale,
                                        keep_known=settings.keep_known, late_text_cfg=settings.late_text_cfg,
-                                       late_below=settings.late_below)
+                                       late_below=settings.late_below, guidance=settings.guidance)
         self.sampler.validate(self.schedule)
         self.interp_sampler = replace(self.sampler, image_cfg=settings.interp_image_cfg,
-                                      text_cfg=settings.interp_text_cfg, late_text_cfg=None)
+                                      text_cfg=settings.interp_text_cfg, late_text_cfg=None, guidance="cfg")
         self.first_sampler = first_frame_settings(self.sampler, settings.first_frame_cfg)
         self.size = settings.size or self.F.config.resolution
         self.frames = pipeline.check_frames(settings.frames or self.F.config.num_frames, self.F.config)
@@ -475,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--late-below", type=float, default=d.late_below,
                    help=f"the late steps: t < this fraction of the training timesteps (default {d.late_below})")
     p.add_argument("--rescale", type=float, default=d.rescale, help="CFG rescale φ (0 = off)")
+    p.add_argument("--guidance", choices=GUIDANCE_FORMS, default=d.guidance,
+                   help="the video's guidance form (cfg++: renoise with the unguided branch, scales ~1)")
     p.add_argument("--interp-image-cfg", type=float, default=d.interp_image_cfg)
     p.add_argument("--interp-text-cfg", type=float, default=d.interp_text_cfg)
     p.add_argument("--keep-known", action=argparse.BooleanOptionalAction, default=d.keep_known,
@@ -493,7 +497,7 @@ def eval_main(argv=None) -> int:
     settings = EvalSettings(seed=args.seed, steps=args.steps, frames=args.frames, size=args.size,
                             image_cfg=args.image_cfg, text_cfg=args.text_cfg, first_frame_cfg=args.first_frame_cfg,
                             late_text_cfg=args.late_text_cfg, late_below=args.late_below,
-                            rescale=args.rescale, device=args.device,
+                            guidance=args.guidance, rescale=args.rescale, device=args.device,
                             direct=args.direct, keep_known=args.keep_known, first_frames_only=args.first_frames_only,
                             interp_image_cfg=args.interp_image_cfg, interp_text_cfg=args.interp_text_cfg)
     try:

@@ -39,8 +39,8 @@ def loaders() -> list[tuple]:
     ]
 
 
-# The video's late-step text guidance (optional inputs) off, as in the demo manifest: text_cfg on every step.
-LATE_OFF = {"late_text_cfg": -1.0, "late_below": 0.5}
+# The video's optional inputs as in the demo manifest: text_cfg on every step, the paper's dual guidance (cfg).
+LATE_OFF = {"late_text_cfg": -1.0, "late_below": 0.5, "guidance": "cfg"}
 
 
 def first_frame_and_video(image_source: tuple) -> list[tuple]:
