@@ -37,8 +37,8 @@ LATE_BELOW = ("FLOAT", {"default": SAMPLING_FALLBACK["late_below"], "min": 0.01,
 GUIDANCE = (list(GUIDANCE_FORMS), {"default": SAMPLING_FALLBACK["guidance"], "tooltip": (
     "cfg: the paper's dual guidance. cfg++ (Chung et al. 2024, not in the paper): each step's x̂0 is guided but it "
     "is renoised with the unguided branch, so image_cfg/text_cfg act near 1 (1, 1 = x̂0 of the fully conditioned "
-    "branch) and shapes are not overshot: animating true pictures on the demo model it kept squares in 14 of 56 "
-    "frames against 2 with cfg at 3.5 / 7.5 (demo/MODEL_CARD.md).")})
+    "branch) and x̂0 is not pushed past the branches. On the demo model at 1 / 1 it kept more squares but fewer "
+    "triangles than cfg at 3.5 / 7.5, so its manifest and the shipped workflows keep cfg (demo/MODEL_CARD.md).")})
 LATE_INPUTS = {"late_text_cfg": LATE_TEXT_CFG, "late_below": LATE_BELOW, "guidance": GUIDANCE}
 # The interpolation model's guidance defaults to off (cli.INTERP_FALLBACK): its ∅-image branch is untrained.
 INTERP_IMAGE_CFG = ("FLOAT", {**IMAGE_CFG[1], "default": INTERP_FALLBACK["interp_image_cfg"]})
