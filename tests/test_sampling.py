@@ -47,16 +47,20 @@ def video_inputs(batch=2, frames=3):
     return noise, cond, mask
 
 
+def three_branches(denoiser, x, t, cond, mask, text, null):
+    """v(I,T), v(I,∅), v(∅,∅) as three separate forwards."""
+    tt, null = torch.full((x.shape[0],), t), null.repeat(x.shape[0])
+    return (denoiser(model_input(x, cond, mask), tt, text.context, text.masks, image_mode=False),
+            denoiser(model_input(x, cond, mask), tt, null.context, null.masks, image_mode=False),
+            denoiser(model_input(x, 0 * cond, 0 * mask), tt, null.context, null.masks, image_mode=False))
+
+
 def reference_video(denoiser, noise, cond, mask, text, null, settings):
     """Three separate forwards per step and the full dual-guidance formula."""
-    text, null = text, null.repeat(noise.shape[0])
     ts = SCHEDULE.timesteps(settings.steps, settings.spacing)
     x = noise
     for t, t_prev in zip(ts.tolist(), SCHEDULE.previous_timesteps(ts).tolist()):
-        tt = torch.full((x.shape[0],), t)
-        full = denoiser(model_input(x, cond, mask), tt, text.context, text.masks, image_mode=False)
-        image = denoiser(model_input(x, cond, mask), tt, null.context, null.masks, image_mode=False)
-        uncond = denoiser(model_input(x, 0 * cond, 0 * mask), tt, null.context, null.masks, image_mode=False)
+        full, image, uncond = three_branches(denoiser, x, t, cond, mask, text, null)
         late = settings.late_text_cfg is not None and t < settings.late_below * SCHEDULE.num_train_timesteps
         s_t = settings.late_text_cfg if late else settings.text_cfg
         x, _ = SCHEDULE.ddim_step(x, dual_guidance(uncond, image, full, settings.image_cfg, s_t), t, t_prev)
@@ -114,14 +118,10 @@ def test_late_text_guidance_leaves_the_first_frame_alone():
 def reference_cfgpp(denoiser, noise, cond, mask, text, null, settings):
     """CFG++ (Chung et al. 2024, Algorithm 1) with dual guidance, three separate forwards per step:
     x̂0 from the guided v, the step back toward x_prev with the unguided branch's ε̂."""
-    null = null.repeat(noise.shape[0])
     ts = SCHEDULE.timesteps(settings.steps, settings.spacing)
     x = noise
     for t, t_prev in zip(ts.tolist(), SCHEDULE.previous_timesteps(ts).tolist()):
-        tt = torch.full((x.shape[0],), t)
-        full = denoiser(model_input(x, cond, mask), tt, text.context, text.masks, image_mode=False)
-        image = denoiser(model_input(x, cond, mask), tt, null.context, null.masks, image_mode=False)
-        uncond = denoiser(model_input(x, 0 * cond, 0 * mask), tt, null.context, null.masks, image_mode=False)
+        full, image, uncond = three_branches(denoiser, x, t, cond, mask, text, null)
         x0, _ = SCHEDULE.pred_x0_eps(x, dual_guidance(uncond, image, full, settings.image_cfg, settings.text_cfg), t)
         _, eps_uncond = SCHEDULE.pred_x0_eps(x, uncond, t)
         ab_prev = SCHEDULE.alpha_bar(t_prev, x)
