@@ -31,7 +31,7 @@ bench: $(VENV)/.installed
 # Under 2 h on the 2-core CPU (the six stages ran in 86 min alone, on lossless clips; demo/MODEL_CARD.md). Resumable: rerunning continues unfinished stages.
 DEMO_RUNS ?= runs/demo
 DEMO_STAGES := vae vae_decoder t2i video_stage1 video_stage2 interp
-DEMO_SAMPLING ?= --steps 25 --text-cfg 7.5 --first-frame-cfg 2 --image-cfg 3.5 --interp-text-cfg 1 --interp-image-cfg 1
+DEMO_SAMPLING ?= --steps 25 --text-cfg 7.5 --first-frame-cfg 2 --image-cfg 3.5 --interp-text-cfg 1 --interp-image-cfg 1 --interp-denoise 0.15
 demo-model: $(VENV)/.installed
 	for stage in $(DEMO_STAGES); do $(VENV)/bin/emu-video train --config trainer/configs/demo_$$stage.toml || exit 1; done
 	$(PY) -m emu_video.trainer.demo --runs $(DEMO_RUNS) --out demo $(DEMO_SAMPLING)

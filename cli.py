@@ -285,9 +285,9 @@ def make_video(args, image=None) -> Path:
     fps = cfg.fps
     if "interp" in models and not args.no_interp:
         interp = models["interp"]
+        in_between = interp_settings(args, settings)
         video = pipeline.interpolate(interp.unet, interp.schedule, interp.config, video, text, null,
-                                     interp_settings(args, settings), args.seed,
-                                     callback=step_progress(settings.steps, "interpolation"))
+                                     in_between, args.seed, callback=step_progress(in_between.steps_run, "interpolation"))
         fps *= interp.config.interp_factor
     pixels = pipeline.decode(vae, video)
     out = Path(args.out)
@@ -301,7 +301,8 @@ SAMPLING_FALLBACK = {"steps": 50, "image_cfg": 1.5, "text_cfg": 7.5, "rescale": 
                      "late_text_cfg": None, "late_below": 0.5, "guidance": "cfg"}
 # The interpolation model's own guidance: I is trained with its key frames always given, so its ∅-image
 # branch is untrained, and on the demo text guidance blurred the in-betweens (MODEL_CARD.md); 1 = one forward.
-INTERP_FALLBACK = {"interp_image_cfg": 1.0, "interp_text_cfg": 1.0}
+# interp_denoise < 1 starts the in-betweens part-way from the key frames' blend (SamplerSettings.denoise).
+INTERP_FALLBACK = {"interp_image_cfg": 1.0, "interp_text_cfg": 1.0, "interp_denoise": 1.0}
 
 
 def _chosen(args, fallbacks: dict) -> dict:
@@ -325,10 +326,10 @@ def first_frame_settings(args, settings):
 
 
 def interp_settings(args, settings):
-    """The video's SamplerSettings with the interpolation model's own guidance scales."""
+    """The video's SamplerSettings with the interpolation model's own guidance scales and denoise."""
     chosen = _chosen(args, INTERP_FALLBACK)
     return dataclasses.replace(settings, image_cfg=chosen["interp_image_cfg"], text_cfg=chosen["interp_text_cfg"],
-                               late_text_cfg=None, guidance="cfg")
+                               late_text_cfg=None, guidance="cfg", denoise=chosen["interp_denoise"])
 
 
 def read_picture(path: str | os.PathLike):
@@ -423,6 +424,9 @@ def _add_sampling_args(p):
                    help="the interpolation model's image guidance (default: the model set's, else 1 = off)")
     p.add_argument("--interp-text-cfg", type=float, default=None,
                    help="the interpolation model's text guidance (default: the model set's, else 1 = off)")
+    p.add_argument("--interp-denoise", type=float, default=None,
+                   help="the fraction of the steps the interpolation runs, starting from the key frames' blend "
+                        "noised part-way (default: the model set's, else 1 = from pure noise)")
     p.add_argument("--keep-known", action=argparse.BooleanOptionalAction, default=None,
                    help="known frames (the picture, key frames) come out exactly as given (default: on)")
     p.add_argument("--resize", choices=["crop", "pad", "stretch"], default="crop",

@@ -234,7 +234,7 @@ def generate_first_frame(unet, schedule, config: ModelConfig, text: TextConditio
 
 
 def _sample_conditioned(unet, schedule, config, text, null_text, settings, cond, mask, seed, callback, cancel,
-                        known=None):
+                        known=None, init=None):
     from .sampling import make_noise, sample_video
 
     device, dtype = _module_device_dtype(unet)
@@ -245,7 +245,8 @@ def _sample_conditioned(unet, schedule, config, text, null_text, settings, cond,
     with torch.no_grad():
         out = sample_video(unet, schedule, noise, cond.to(device, dtype), mask.to(device, dtype), text, null_text,
                            settings, callback=callback, cancel=cancel,
-                           known=None if known is None else known.to(device, dtype))
+                           known=None if known is None else known.to(device, dtype),
+                           init=None if init is None else init.to(device, dtype))
     return out.float()
 
 
@@ -282,7 +283,9 @@ def interpolate(interp_unet, schedule, config: ModelConfig, latents: torch.Tenso
     training. With settings.keep_known (the default) the key frames are kept clean through every step
     (conditioning.pin_known_frames), so they come out as given and the in-betweens are denoised beside
     them, with no seam; without it the model redraws them. A "residual" model draws x0 − (keys +
-    blend), so the blend is added back at the end."""
+    blend), so the blend is added back at the end. With settings.denoise < 1 the run starts from the
+    key frames' linear blend noised part-way and takes only the last steps (not in the paper; on the
+    demo 0.15 scored higher PSNR than the full run in 3 steps of 25, demo/MODEL_CARD.md)."""
     check_latents(latents, config)
     factor = config.interp_factor if factor in (None, 0) else factor
     if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
@@ -301,8 +304,9 @@ def interpolate(interp_unet, schedule, config: ModelConfig, latents: torch.Tenso
     clean, cond, mask = cond_lib.interpolation_inputs(latents.float().cpu(), factor, config.interp_fill,
                                                       schedule, noise_aug, generator)
     offset = cond_lib.interpolation_offset(clean, config.interp_fill)
+    blend = cond_lib.linear_blend(latents.float().cpu(), factor)      # the start where denoise < 1
     out = _sample_conditioned(interp_unet, schedule, config, text, null_text, settings, cond, mask, seed,
-                              callback, cancel, known=clean - offset)
+                              callback, cancel, known=clean - offset, init=blend - offset)
     return out + offset
 
 

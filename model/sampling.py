@@ -48,6 +48,14 @@ class SamplerSettings:
     late_below: float = 0.5       # ... where "late" starts, as a fraction of the training timesteps T
     guidance: str = "cfg"         # "cfg" or "cfg++" (renoise with v(∅,∅), scales near 1; guidance.py); the
                                   # pipeline's first frame and in-betweens keep "cfg"
+    denoise: float = 1.0          # the fraction of the steps run (diffusers' img2img strength): < 1 starts
+                                  # part-way from a given latent; only the interpolation has one (its blend)
+
+    @property
+    def steps_run(self) -> int:
+        """How many of the `steps` a run visits: the last ⌊steps·denoise⌋, at least one (all at denoise 1).
+        At least one, so a scheduler shared with the video can lower its steps without breaking this run."""
+        return max(1, int(self.steps * self.denoise + 1e-9))
 
     def validate(self, schedule: NoiseSchedule) -> None:
         schedule.timesteps(self.steps, self.spacing)  # raises on a bad step count or spacing name
@@ -61,6 +69,8 @@ class SamplerSettings:
         if not 0.0 < self.late_below <= 1.0:
             raise InputError(f"late_below must be in (0, 1] (the fraction of the timesteps counted late, "
                              f"e.g. 0.5), got {self.late_below}")
+        if not 0.0 < self.denoise <= 1.0:
+            raise InputError(f"denoise must be in (0, 1] (1 = from pure noise), got {self.denoise}")
 
 
 def first_frame_settings(settings: SamplerSettings, text_cfg: float | None) -> SamplerSettings:
@@ -96,15 +106,40 @@ def _branch_inputs(branches: tuple[str, ...], text: TextCondition, null_text: Te
     return TextCondition.cat([text if name == "full" else null_text for name in branches])
 
 
+def run_timesteps(schedule: NoiseSchedule, settings: SamplerSettings) -> torch.Tensor:
+    """The timesteps a run visits: the schedule's `steps`, or with denoise < 1 only the last
+    steps_run of them, as diffusers' img2img `strength` does (the step size stays that of `steps`)."""
+    timesteps = schedule.timesteps(settings.steps, settings.spacing)
+    return timesteps[len(timesteps) - settings.steps_run:]
+
+
+def start_latent(schedule: NoiseSchedule, noise: torch.Tensor, settings: SamplerSettings, t: int,
+                 init: torch.Tensor | None) -> torch.Tensor:
+    """x at the first step run: the noise itself, or with denoise < 1 `init` noised to t (SDEdit,
+    Meng et al. 2022), so the run refines `init` instead of drawing from scratch."""
+    if settings.denoise >= 1:
+        return noise
+    if init is None:
+        raise InputError(f"denoise {settings.denoise} needs a latent to start from; only the interpolation has "
+                         f"one (its key frames' blend): the first frame, the video and extend start from noise, "
+                         f"so leave their denoise at 1")
+    if init.shape != noise.shape:
+        raise InputError(f"starting latent {tuple(init.shape)} must match the noise {tuple(noise.shape)}")
+    return schedule.add_noise(init.to(noise), noise, t).to(noise.dtype)
+
+
 def _denoise(schedule: NoiseSchedule, x: torch.Tensor, settings: SamplerSettings, predict: StepFn,
              image_scale: float, text_scale: float, generator, callback, cancel,
-             pin: Callable | None = None, late_text_scale: float | None = None) -> torch.Tensor:
+             pin: Callable | None = None, late_text_scale: float | None = None,
+             init: torch.Tensor | None = None) -> torch.Tensor:
     """The DDIM loop shared by image and video sampling; `predict(x, t)` returns the branches' outputs
     and `pin(x, guided, t)`, when given, rewrites the guided prediction (known-frame replacement).
     `late_text_scale` replaces `text_scale` on the late steps (guidance.text_scale_at); with
-    settings.guidance "cfg++" each step renoises with the unguided branch (guidance.renoise_branch)."""
+    settings.guidance "cfg++" each step renoises with the unguided branch (guidance.renoise_branch);
+    with settings.denoise < 1 the run starts part-way, from `init` (start_latent)."""
     ref = renoise_branch(settings.guidance)
-    timesteps = schedule.timesteps(settings.steps, settings.spacing)
+    timesteps = run_timesteps(schedule, settings)
+    x = start_latent(schedule, x, settings, int(timesteps[0]), init)
     previous = schedule.previous_timesteps(timesteps)
     total = len(timesteps)
     for i, (t, t_prev) in enumerate(zip(timesteps.tolist(), previous.tolist())):
@@ -157,14 +192,16 @@ def sample_video(denoiser: Denoiser, schedule: NoiseSchedule, noise: torch.Tenso
                  null_text: TextCondition, settings: SamplerSettings | None = None,
                  generator: torch.Generator | None = None,
                  callback: Callable[[int, int, torch.Tensor], None] | None = None,
-                 cancel: Callable[[], bool] | None = None, known: torch.Tensor | None = None) -> torch.Tensor:
+                 cancel: Callable[[], bool] | None = None, known: torch.Tensor | None = None,
+                 init: torch.Tensor | None = None) -> torch.Tensor:
     """Generate video latents [B, C, T, h, w] from `noise` with dual guidance.
 
     cond/mask come from conditioning.known_frames & co. (None → no known frames: direct T2V).
     The ∅-image branch zeroes cond and mask (conditioning.drop_image), the ∅-text branches use
     `null_text` (the empty prompt). Noise augmentation of cond (interpolation) is the caller's.
     With settings.keep_known the masked frames are pinned to `known` (default: cond), which the
-    caller passes clean when cond is noise-augmented.
+    caller passes clean when cond is noise-augmented. With settings.denoise < 1 the run starts from
+    `init` noised part-way (start_latent).
     """
     settings = settings or SamplerSettings()
     settings.validate(schedule)
@@ -197,7 +234,7 @@ def sample_video(denoiser: Denoiser, schedule: NoiseSchedule, noise: torch.Tenso
         def pin(x: torch.Tensor, guided: torch.Tensor, t: int) -> torch.Tensor:
             return pin_known_frames(schedule, x, guided, t, known, pin_mask)
 
-    return _denoise(schedule, noise, settings, predict, s_I, s_T, generator, callback, cancel, pin, s_T_late)
+    return _denoise(schedule, noise, settings, predict, s_I, s_T, generator, callback, cancel, pin, s_T_late, init)
 
 
 def sample_image(denoiser: Denoiser, schedule: NoiseSchedule, noise: torch.Tensor, text: TextCondition,

@@ -45,6 +45,12 @@ INTERP_IMAGE_CFG = ("FLOAT", {**IMAGE_CFG[1], "default": INTERP_FALLBACK["interp
 INTERP_TEXT_CFG = ("FLOAT", {**TEXT_CFG[1], "default": INTERP_FALLBACK["interp_text_cfg"],
                              "tooltip": "s_T for the in-betweens (1 = none, one forward per step; more blurred them "
                                         "on the demo model)."})
+INTERP_DENOISE = ("FLOAT", {"default": INTERP_FALLBACK["interp_denoise"], "min": 0.01, "max": 1.0, "step": 0.01,
+                            "tooltip": (
+    "The fraction of the scheduler's steps run. 1 = every step from pure noise, as in the paper. Below 1 (not in "
+    "the paper) the in-betweens start from the key frames' blend noised part-way and only the last steps run, at "
+    "least one: diffusers' img2img strength, so fewer steps, unlike KSampler's denoise. The demo model ships 0.15 "
+    "(3 of 25 steps), which scored higher than 1 on its eval (demo/MODEL_CARD.md).")})
 SIZE_TOOLTIP = "Pixels; 0 = the model's training resolution. Must be a multiple of VAE × U-Net downsampling."
 SPACINGS = ["trailing", "leading", "linspace"]
 SCHEDULES = ["from model", "zero terminal SNR (v)", "standard (v)", "standard (eps)"]
@@ -118,15 +124,16 @@ class EmuScheduler:
 
     def settings(self, image_cfg: float = 1.0, text_cfg: float = 7.5, steps: int | None = None,
                  late_text_cfg: float = LATE_OFF, late_below: float = SAMPLING_FALLBACK["late_below"],
-                 guidance: str = SAMPLING_FALLBACK["guidance"]):
-        """late_text_cfg < 0 (the node's -1) = text_cfg on every step; guidance: "cfg" or "cfg++"."""
+                 guidance: str = SAMPLING_FALLBACK["guidance"], denoise: float = 1.0):
+        """late_text_cfg < 0 (the node's -1) = text_cfg on every step; guidance: "cfg" or "cfg++";
+        denoise < 1 runs only the last steps, from a starting latent (the interpolation's)."""
         from ..model.sampling import SamplerSettings
 
         return SamplerSettings(steps=int(steps or self.steps), spacing=self.spacing, eta=float(self.eta),
                                image_cfg=float(image_cfg), text_cfg=float(text_cfg), rescale=float(self.rescale),
                                keep_known=bool(self.keep_known),
                                late_text_cfg=None if late_text_cfg < 0 else float(late_text_cfg),
-                               late_below=float(late_below), guidance=str(guidance))
+                               late_below=float(late_below), guidance=str(guidance), denoise=float(denoise))
 
 
 def make_latent(samples, fps: float, model) -> dict:
@@ -150,15 +157,17 @@ def text_pair(text):
     return text["cond"], text["null"]
 
 
-def _sample(model, text, scheduler, image_cfg, text_cfg, steps, desc, run, late: dict | None = None):
+def _sample(model, text, scheduler, image_cfg, text_cfg, steps, desc, run, options: dict | None = None):
     """Shared body: schedule + settings + progress + device placement around a pipeline call.
-    `late`: the video sampler's optional late_text_cfg / late_below / guidance inputs."""
+    `options`: optional EmuScheduler.settings inputs (the video's late_text_cfg / late_below / guidance,
+    the interpolation's denoise)."""
     cond, null = text_pair(text)
     scheduler = scheduler or EmuScheduler()
-    settings = scheduler.settings(image_cfg, text_cfg, steps, **(late or {}))
+    settings = scheduler.settings(image_cfg, text_cfg, steps, **(options or {}))
     schedule = scheduler.noise_schedule(model.config)
+    settings.validate(schedule)
     with on_compute_device(model.unet):
-        return run(schedule, settings, cond, null, step_progress(settings.steps, desc), cancel_check)
+        return run(schedule, settings, cond, null, step_progress(settings.steps_run, desc), cancel_check)
 
 
 # --------------------------------------------------------------------------- nodes
@@ -361,9 +370,10 @@ class EmuVideoInterpolate:
             "noise_aug": ("INT", {"default": 100, "min": 0, "max": 999,
                                   "tooltip": "Noise level of the known frames (paper: 100 at inference)."}),
             "seed": SEED,
-        }}
+        }, "optional": {"denoise": INTERP_DENOISE}}   # optional: workflows saved without it load with 1
 
-    def interpolate(self, interp_model, latent, text, scheduler, image_cfg, text_cfg, factor, noise_aug, seed):
+    def interpolate(self, interp_model, latent, text, scheduler, image_cfg, text_cfg, factor, noise_aug, seed,
+                    denoise=INTERP_FALLBACK["interp_denoise"]):
         from ..model.pipeline import interpolate
 
         samples = latent_samples(latent)
@@ -372,7 +382,8 @@ class EmuVideoInterpolate:
         def run(schedule, settings, cond, null, callback, cancel):
             return interpolate(interp_model.unet, schedule, interp_model.config, samples, cond, null, settings,
                                seed, factor=k, noise_aug=int(noise_aug), callback=callback, cancel=cancel)
-        out = _sample(interp_model, text, scheduler, image_cfg, text_cfg, None, "interpolation", run)
+        out = _sample(interp_model, text, scheduler, image_cfg, text_cfg, None, "interpolation", run,
+                      {"denoise": denoise})
         fps = float(latent.get("fps", interp_model.config.fps)) * k
         return (make_latent(out.cpu(), fps, interp_model),)
 

@@ -97,6 +97,22 @@ def test_assembly_stores_first_frame_guidance_only_when_given(fake_runs, tmp_pat
     assert demo._optional_args({}) == ""
 
 
+def test_interpolation_denoise_is_stored_and_read_back_for_the_in_betweens_only(fake_runs, tmp_path):
+    from emu_video.model.sampling import SamplerSettings
+
+    out = tmp_path / "demo"
+    assert demo.main(["--runs", str(fake_runs), "--out", str(out), "--interp-denoise", "0.15"]) == 0
+    assert cli.model_set_sampling(out)["interp_denoise"] == 0.15
+    parse = cli.build_parser().parse_args
+    args = parse(["generate", "--prompt", PROMPT, "--model", str(out)])
+    video = SamplerSettings(**cli.sampling_settings(args))
+    assert video.denoise == 1.0 and cli.interp_settings(args, video).denoise == 0.15     # the video starts from noise
+    given = parse(["generate", "--prompt", PROMPT, "--model", str(out), "--interp-denoise", "1"])
+    assert cli.interp_settings(given, video).denoise == 1.0
+    assert demo._interp_denoise_arg({"interp_denoise": 0.15}) == " --interp-denoise 0.15"
+    assert demo._interp_denoise_arg({"interp_denoise": 1.0}) == demo._interp_denoise_arg({}) == ""
+
+
 def test_late_text_guidance_is_stored_and_read_back_for_the_video_only(fake_runs, tmp_path):
     from emu_video.model.sampling import SamplerSettings
 

@@ -219,6 +219,11 @@ def test_interpolation_runs_with_its_own_guidance(model_dir):
     assert pipe.interp_sampler.late_text_cfg is None                                 # not the in-betweens'
     cfgpp = ev.EvalPipeline(cli.load_model_set(cli.find_model_set(model_dir)), ev.EvalSettings(steps=2, guidance="cfg++"))
     assert (cfgpp.sampler.guidance, cfgpp.interp_sampler.guidance, cfgpp.first_sampler.guidance) == ("cfg++", "cfg", "cfg")
+    part = ev.EvalPipeline(cli.load_model_set(cli.find_model_set(model_dir)), ev.EvalSettings(steps=4, interp_denoise=0.5))
+    assert (part.sampler.denoise, part.interp_sampler.denoise, part.interp_sampler.steps_run) == (1.0, 0.5, 2)
+    assert ev.build_parser().parse_args(["--model", "m", "--out", "o", "--interp-denoise", "0.2"]).interp_denoise == 0.2
+    with pytest.raises(InputError, match="denoise must be in"):
+        ev.EvalPipeline(cli.load_model_set(cli.find_model_set(model_dir)), ev.EvalSettings(steps=2, interp_denoise=1.5))
 
 
 def test_first_frames_use_their_own_guidance(model_dir, monkeypatch):

@@ -119,6 +119,23 @@ def test_video_sampler_late_text_guidance_is_optional_and_reaches_the_settings(m
     assert S.EmuVideoSampler.INPUT_TYPES()["optional"]["guidance"][0] == ["cfg", "cfg++"]
 
 
+def test_interpolate_denoise_is_optional_and_reaches_the_settings(m, monkeypatch):
+    from emu_video.model import pipeline
+
+    assert set(S.EmuVideoInterpolate.INPUT_TYPES()["optional"]) == {"denoise"}
+    used = []
+    monkeypatch.setattr(pipeline, "interpolate", lambda unet, schedule, config, latents, text, null, settings, *a, **k:
+                        used.append(settings) or torch.zeros(1, 4, 7, 4, 4))
+    lat = {"samples": torch.zeros(1, 4, 4, 4, 4), "fps": 4.0}
+    S.EmuVideoInterpolate().interpolate(m["interp"], lat, m["text"], m["scheduler"], 1.0, 1.0, 0, 100, 0)  # as saved before
+    S.EmuVideoInterpolate().interpolate(m["interp"], lat, m["text"], m["scheduler"], 1.0, 1.0, 0, 100, 0, denoise=0.5)
+    S.EmuVideoInterpolate().interpolate(m["interp"], lat, m["text"], m["scheduler"], 1.0, 1.0, 0, 100, 0, denoise=0.1)
+    assert [(s.denoise, s.steps_run) for s in used] == [(1.0, 2), (0.5, 1), (0.1, 1)]   # at least one step
+    with pytest.raises(InputError, match="denoise must be in"):
+        S.EmuVideoInterpolate().interpolate(m["interp"], lat, m["text"], m["scheduler"], 1.0, 1.0, 0, 100, 0,
+                                            denoise=0.0)
+
+
 def test_full_chain_text_to_video_interpolate_extend_decode_save(m, tmp_path):
     image = first_frame(m)
     assert image.shape == (1, 32, 32, 3) and 0 <= image.min() and image.max() <= 1

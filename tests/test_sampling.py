@@ -55,10 +55,14 @@ def three_branches(denoiser, x, t, cond, mask, text, null):
             denoiser(model_input(x, 0 * cond, 0 * mask), tt, null.context, null.masks, image_mode=False))
 
 
-def reference_video(denoiser, noise, cond, mask, text, null, settings):
-    """Three separate forwards per step and the full dual-guidance formula."""
+def reference_video(denoiser, noise, cond, mask, text, null, settings, init=None):
+    """Three separate forwards per step and the full dual-guidance formula; with denoise < 1 the last
+    ⌊steps·denoise⌋ steps only, from `init` noised to the first of them (SDEdit)."""
     ts = SCHEDULE.timesteps(settings.steps, settings.spacing)
     x = noise
+    if settings.denoise < 1:
+        ts = ts[len(ts) - max(1, int(settings.steps * settings.denoise)):]
+        x = SCHEDULE.add_noise(init, noise, int(ts[0]))
     for t, t_prev in zip(ts.tolist(), SCHEDULE.previous_timesteps(ts).tolist()):
         full, image, uncond = three_branches(denoiser, x, t, cond, mask, text, null)
         late = settings.late_text_cfg is not None and t < settings.late_below * SCHEDULE.num_train_timesteps
@@ -159,6 +163,40 @@ def test_ddim_step_renoises_with_the_given_prediction():
     torch.testing.assert_close(x_prev, ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps_ref)
     torch.testing.assert_close(x0_out, x0)
     torch.testing.assert_close(SCHEDULE.ddim_step(x, v, 500, 250, renoise_out=v)[0], SCHEDULE.ddim_step(x, v, 500, 250)[0])
+
+
+@pytest.mark.parametrize("steps,denoise,run", [(25, 0.15, 3), (4, 0.5, 2), (10, 0.3, 3), (6, 1.0, 6), (2, 0.15, 1)])
+def test_denoise_runs_the_last_steps_from_the_start_latent(steps, denoise, run):
+    """denoise < 1 (diffusers' img2img strength): the last ⌊steps·denoise⌋ steps of the same schedule (at
+    least one), starting from `init` noised to the first of them; the denoiser is called once per step run."""
+    noise, cond, mask = video_inputs()
+    text, null = texts()
+    init = make_noise(noise.shape, seed=7)
+    settings = SamplerSettings(steps=steps, image_cfg=1.5, text_cfg=3.0, keep_known=False, denoise=denoise)
+    denoiser, seen = FakeDenoiser(), []
+    out = sample_video(denoiser, SCHEDULE, noise, cond, mask, text, null, settings, init=init,
+                       callback=lambda i, n, x0: seen.append(n))
+    assert settings.steps_run == run and len(denoiser.calls) == run and seen == [run] * run
+    torch.testing.assert_close(out, reference_video(FakeDenoiser(), noise, cond, mask, text, null, settings, init),
+                               atol=1e-5, rtol=1e-5)
+    if denoise < 1:     # the start matters: another init, another result
+        other = sample_video(FakeDenoiser(), SCHEDULE, noise, cond, mask, text, null, settings, init=-init)
+        assert not torch.allclose(out, other)
+
+
+def test_denoise_needs_a_start_latent_and_a_value_in_range():
+    noise, cond, mask = video_inputs()
+    text, null = texts()
+    with pytest.raises(InputError, match="needs a latent to start from; only the interpolation"):
+        sample_video(FakeDenoiser(), SCHEDULE, noise, cond, mask, text, null, SamplerSettings(steps=4, denoise=0.5))
+    with pytest.raises(InputError, match="needs a latent to start from"):
+        sample_image(FakeDenoiser(), SCHEDULE, noise[:, :, 0], text, null, SamplerSettings(steps=4, denoise=0.5))
+    with pytest.raises(InputError, match="must match the noise"):
+        sample_video(FakeDenoiser(), SCHEDULE, noise, cond, mask, text, null, SamplerSettings(steps=4, denoise=0.5),
+                     init=noise[:, :, :1])
+    for bad, message in [(0.0, "denoise must be in \\(0, 1\\]"), (1.5, "denoise must be in"), (-0.5, "must be in")]:
+        with pytest.raises(InputError, match=message):
+            SamplerSettings(steps=4, denoise=bad).validate(SCHEDULE)
 
 
 def test_first_frame_settings_keep_plain_cfg():

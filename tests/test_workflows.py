@@ -52,6 +52,15 @@ def test_a_workflow_saved_before_the_optional_guidance_inputs_loads_with_them_of
     assert inputs["guidance"] == "cfg"
 
 
+def test_a_workflow_saved_before_the_interpolation_denoise_loads_with_the_full_run():
+    """The Interpolate node's optional denoise came later: a workflow saved without it runs every step."""
+    ui = load("text_to_video")
+    node = next(n for n in ui["nodes"] if n["type"] == "EmuVideoInterpolate")
+    node["widgets_values"] = node["widgets_values"][:-1]
+    inputs = ui_to_api(ui, emu_video.NODE_CLASS_MAPPINGS)[str(node["id"])]["inputs"]
+    assert inputs["denoise"] == 1.0 and inputs["noise_aug"] == 100
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_workflows_sample_with_the_demo_models_guidance(name):
     """The workflows run the demo set (init-models --preset demo): their scales are its manifest's."""
@@ -69,6 +78,7 @@ def test_workflows_sample_with_the_demo_models_guidance(name):
         if node["class_type"] == "EmuVideoInterpolate":
             assert (inputs["text_cfg"], inputs["image_cfg"]) == (sampling["interp_text_cfg"],
                                                                  sampling["interp_image_cfg"])
+            assert inputs["denoise"] == sampling.get("interp_denoise", 1.0)
 
 
 @pytest.mark.parametrize("name", NAMES)

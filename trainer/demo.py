@@ -192,6 +192,7 @@ def write_card(runs, eval_dir, out) -> Path:
               f"--steps {settings.get('steps')} --text-cfg {settings.get('text_cfg')}{_optional_args(settings)} "
               f"--image-cfg {settings.get('image_cfg')} "
               f"--interp-text-cfg {settings.get('interp_text_cfg')} --interp-image-cfg {settings.get('interp_image_cfg')}"
+              f"{_interp_denoise_arg(settings)}"
               f"{'' if settings.get('keep_known', True) else ' --no-keep-known'}` "
               f"(seed {settings.get('seed')}, {settings.get('size')} px, {settings.get('frames')} frames × "
               f"interpolation factor {settings.get('interp_factor')}); full report with contact sheets: "
@@ -219,6 +220,11 @@ def stage_summaries(runs: Path, out: Path) -> dict:
     return {stage: merged[stage] for stage in STAGES if stage in merged}
 
 
+def _interp_denoise_arg(settings: dict) -> str:
+    denoise = settings.get("interp_denoise", 1)
+    return "" if denoise == 1 else f" --interp-denoise {denoise}"
+
+
 def _optional_args(settings: dict) -> str:
     """The eval command's flags for the sampling keys a set may lack (each left out when not set)."""
     args = "" if settings.get("first_frame_cfg") is None else f" --first-frame-cfg {settings['first_frame_cfg']}"
@@ -244,6 +250,8 @@ def main(argv=None) -> int:
     p.add_argument("--rescale", type=float, default=0.7)
     p.add_argument("--interp-image-cfg", type=float, default=INTERP_FALLBACK["interp_image_cfg"])
     p.add_argument("--interp-text-cfg", type=float, default=INTERP_FALLBACK["interp_text_cfg"])
+    p.add_argument("--interp-denoise", type=float, default=INTERP_FALLBACK["interp_denoise"],
+                   help="the fraction of the interpolation's steps run from the key frames' blend, stored for the CLI")
     p.add_argument("--card", metavar="EVAL_DIR", default=None,
                    help="only (re)write MODEL_CARD.md from the chain's logs and EVAL_DIR/metrics.json")
     args = p.parse_args(argv)
@@ -253,7 +261,8 @@ def main(argv=None) -> int:
         print(f"wrote {write_card(args.runs, args.card, args.out or DEMO_DIR)}")
         return 0
     sampling = dict(steps=args.steps, text_cfg=args.text_cfg, image_cfg=args.image_cfg, rescale=args.rescale,
-                    interp_image_cfg=args.interp_image_cfg, interp_text_cfg=args.interp_text_cfg)
+                    interp_image_cfg=args.interp_image_cfg, interp_text_cfg=args.interp_text_cfg,
+                    interp_denoise=args.interp_denoise)
     if args.first_frame_cfg is not None:
         sampling["first_frame_cfg"] = args.first_frame_cfg
     if args.late_text_cfg is not None:

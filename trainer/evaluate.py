@@ -81,6 +81,7 @@ class EvalSettings:
     keep_known: bool = True    # known frames pinned while sampling (SamplerSettings.keep_known)
     interp_image_cfg: float = INTERP_FALLBACK["interp_image_cfg"]   # the interpolation model's own guidance
     interp_text_cfg: float = INTERP_FALLBACK["interp_text_cfg"]
+    interp_denoise: float = INTERP_FALLBACK["interp_denoise"]     # < 1: in-betweens start from the keys' blend
     device: str | None = None
     direct: bool = False       # direct text-to-video (Table 1a baseline): no first frame, no animate section
     first_frames_only: bool = False   # the text→image step alone (always so for a model without temporal layers)
@@ -131,7 +132,9 @@ class EvalPipeline:
                                        late_below=settings.late_below, guidance=settings.guidance)
         self.sampler.validate(self.schedule)
         self.interp_sampler = replace(self.sampler, image_cfg=settings.interp_image_cfg,
-                                      text_cfg=settings.interp_text_cfg, late_text_cfg=None, guidance="cfg")
+                                      text_cfg=settings.interp_text_cfg, late_text_cfg=None, guidance="cfg",
+                                      denoise=settings.interp_denoise)
+        self.interp_sampler.validate(self.schedule)
         self.first_sampler = first_frame_settings(self.sampler, settings.first_frame_cfg)
         self.size = settings.size or self.F.config.resolution
         self.frames = pipeline.check_frames(settings.frames or self.F.config.num_frames, self.F.config)
@@ -481,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the video's guidance form (cfg++: renoise with the unguided branch, scales ~1)")
     p.add_argument("--interp-image-cfg", type=float, default=d.interp_image_cfg)
     p.add_argument("--interp-text-cfg", type=float, default=d.interp_text_cfg)
+    p.add_argument("--interp-denoise", type=float, default=d.interp_denoise,
+                   help="the fraction of the interpolation's steps run, from the key frames' blend (1 = all)")
     p.add_argument("--keep-known", action=argparse.BooleanOptionalAction, default=d.keep_known,
                    help="known frames come out exactly as given (default: on, as in generate/animate)")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
@@ -499,7 +504,8 @@ def eval_main(argv=None) -> int:
                             late_text_cfg=args.late_text_cfg, late_below=args.late_below,
                             guidance=args.guidance, rescale=args.rescale, device=args.device,
                             direct=args.direct, keep_known=args.keep_known, first_frames_only=args.first_frames_only,
-                            interp_image_cfg=args.interp_image_cfg, interp_text_cfg=args.interp_text_cfg)
+                            interp_image_cfg=args.interp_image_cfg, interp_text_cfg=args.interp_text_cfg,
+                            interp_denoise=args.interp_denoise)
     try:
         prompts = read_prompts(args.prompts) if args.prompts else default_prompts(args.held_out, args.seed)
         result = evaluate(args.model, args.out, prompts, settings, progress=not args.quiet)

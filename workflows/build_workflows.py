@@ -58,7 +58,8 @@ FIRST_FRAME = (6, "EmuVideoFirstFrame", {"model": link(2), "vae": link(3), "text
 INTERP = [
     (9, "EmuVideoInterpModelLoader", {"model_name": FILES["interp"], "dtype": "auto"}),
     (10, "EmuVideoInterpolate", {"interp_model": link(9), "latent": link(8), "text": link(5), "scheduler": link(4),
-                                 "image_cfg": 1.0, "text_cfg": 1.0, "factor": 0, "noise_aug": 100, "seed": 42}),
+                                 "image_cfg": 1.0, "text_cfg": 1.0, "factor": 0, "noise_aug": 100, "seed": 42,
+                                 "denoise": 0.15}),
 ]
 
 
