@@ -142,6 +142,11 @@ def test_guidance_form_comes_from_the_flag_and_stays_the_videos(fake_runs, tmp_p
     assert video.guidance == "cfg++" and cli.interp_settings(args, video).guidance == "cfg"
     with pytest.raises(SystemExit):
         parse(["generate", "--prompt", PROMPT, "--guidance", "cfgpp"])
+    # a set can store its own form; the card's eval command then names it
+    assert demo.main(["--runs", str(fake_runs), "--out", str(out), "--guidance", "cfg++"]) == 0
+    assert cli.model_set_sampling(out)["guidance"] == "cfg++"
+    assert SamplerSettings(**cli.sampling_settings(parse(["generate", "--prompt", PROMPT, "--model", str(out)]))).guidance == "cfg++"
+    assert demo._optional_args({"guidance": "cfg++"}) == " --guidance cfg++" and demo._optional_args({"guidance": "cfg"}) == ""
 
 
 def test_init_models_demo_copies_under_workflow_names(fake_runs, tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ import torch
 
 from ..cli import INTERP_FALLBACK, SAMPLING_FALLBACK
 from ..model.checkpoint import atomic_save
+from ..model.config import GUIDANCE_FORMS
 from ..model.video_io import atomic_path
 
 # kind → file inside the demo folder (ComfyUI models/ layout)
@@ -231,6 +232,8 @@ def _optional_args(settings: dict) -> str:
     if settings.get("late_text_cfg") is not None:
         below = settings.get("late_below", SAMPLING_FALLBACK["late_below"])
         args += f" --late-text-cfg {settings['late_text_cfg']} --late-below {below}"
+    if settings.get("guidance", "cfg") != "cfg":
+        args += f" --guidance {settings['guidance']}"
     return args
 
 
@@ -246,6 +249,8 @@ def main(argv=None) -> int:
                    help="the video's text guidance on its late steps, stored for the CLI (default: none, i.e. --text-cfg)")
     p.add_argument("--late-below", type=float, default=SAMPLING_FALLBACK["late_below"],
                    help="where the late steps start (fraction of T)")
+    p.add_argument("--guidance", choices=GUIDANCE_FORMS, default=None,
+                   help="the video's guidance form stored for the CLI (default: none, i.e. cfg)")
     p.add_argument("--image-cfg", type=float, default=1.5)
     p.add_argument("--rescale", type=float, default=0.7)
     p.add_argument("--interp-image-cfg", type=float, default=INTERP_FALLBACK["interp_image_cfg"])
@@ -267,6 +272,8 @@ def main(argv=None) -> int:
         sampling["first_frame_cfg"] = args.first_frame_cfg
     if args.late_text_cfg is not None:
         sampling.update(late_text_cfg=args.late_text_cfg, late_below=args.late_below)
+    if args.guidance is not None:
+        sampling["guidance"] = args.guidance
     written = assemble(args.runs, args.out or DEMO_DIR, sampling)
     total = sum(p.stat().st_size for p in written.values())
     for kind, path in written.items():
