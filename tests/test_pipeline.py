@@ -139,16 +139,19 @@ def test_interpolate_gives_k_times_more_frames(models, texts):
         pipeline.interpolate(I.unet, I.schedule, I.config, lat[:, :, :1], *texts, SETTINGS, seed=0)
 
 
-def test_interpolate_with_denoise_refines_the_key_frames_blend(models, texts):
-    """denoise < 1 starts the in-betweens from the keys' linear blend noised part-way: with one step of
-    25 at t = 39 they stay near the blend, where a full run from pure noise draws them anew."""
+@pytest.mark.parametrize("fill", ["zero", "residual"])
+def test_interpolate_with_denoise_refines_the_key_frames_blend(models, texts, fill):
+    """denoise < 1 starts the in-betweens from the keys' linear blend noised part-way (for a residual
+    model, from zero correction): with one step of 25 at t = 39 they stay near the blend, where a full run
+    from pure noise draws them anew."""
     I = models["interp"]
+    config = dataclasses.replace(I.config, interp_fill=fill)
     unet, lat = awake_copy(I.unet), video(models, texts)
     settings = dataclasses.replace(SETTINGS, image_cfg=1.0, steps=25)
     blend = pipeline.cond_lib.linear_blend(lat, 2)
     gap = {}
     for denoise in (1.0, 0.04):
-        out = pipeline.interpolate(unet, I.schedule, I.config, lat, *texts, dataclasses.replace(settings, denoise=denoise),
+        out = pipeline.interpolate(unet, I.schedule, config, lat, *texts, dataclasses.replace(settings, denoise=denoise),
                                    seed=0, factor=2)
         torch.testing.assert_close(out[:, :, ::2], lat, atol=1e-4, rtol=0)     # keys as given either way
         gap[denoise] = (out - blend)[:, :, 1::2].abs().mean().item()
