@@ -304,9 +304,10 @@ def interpolate(interp_unet, schedule, config: ModelConfig, latents: torch.Tenso
     clean, cond, mask = cond_lib.interpolation_inputs(latents.float().cpu(), factor, config.interp_fill,
                                                       schedule, noise_aug, generator)
     offset = cond_lib.interpolation_offset(clean, config.interp_fill)
-    blend = cond_lib.linear_blend(latents.float().cpu(), factor)      # the start where denoise < 1
+    # where denoise < 1 starts: the keys' blend, as the residual the model draws (0 for a residual model)
+    init = cond_lib.linear_blend(latents.float().cpu(), factor) - offset if settings.denoise < 1 else None
     out = _sample_conditioned(interp_unet, schedule, config, text, null_text, settings, cond, mask, seed,
-                              callback, cancel, known=clean - offset, init=blend - offset)
+                              callback, cancel, known=clean - offset, init=init)
     return out + offset
 
 
