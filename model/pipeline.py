@@ -308,7 +308,7 @@ def interpolate(interp_unet, schedule, config: ModelConfig, latents: torch.Tenso
     init = cond_lib.linear_blend(latents.float().cpu(), factor) - offset if settings.denoise < 1 else None
     out = _sample_conditioned(interp_unet, schedule, config, text, null_text, settings, cond, mask, seed,
                               callback, cancel, known=clean - offset, init=init)
-    return out + offset
+    return out + offset.to(out.device)      # the sample is on the model's device (a GPU), the offset on the CPU
 
 
 def extend(unet, schedule, config: ModelConfig, latents: torch.Tensor, text: TextCondition, null_text: TextCondition,

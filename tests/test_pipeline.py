@@ -158,6 +158,22 @@ def test_interpolate_with_denoise_refines_the_key_frames_blend(models, texts, fi
     assert gap[0.04] < 0.5 * gap[1.0], gap
 
 
+
+@pytest.mark.parametrize("fill", ["zero", "residual"])
+def test_interpolate_returns_on_the_models_device(models, texts, monkeypatch, fill):
+    """The sample comes back on the model's device (a GPU) while the conditioning is built on the CPU:
+    the residual model's offset must follow it there (a CUDA generate once failed here). The meta
+    device stands in for the GPU."""
+    I = models["interp"]
+    config = dataclasses.replace(I.config, interp_fill=fill)
+    lat = video(models, texts)
+    monkeypatch.setattr(pipeline, "_sample_conditioned",
+                        lambda *a, **k: torch.zeros(a[6].shape, device="meta"))     # a[6]: cond
+    out = pipeline.interpolate(I.unet, I.schedule, config, lat, *texts,
+                               dataclasses.replace(SETTINGS, image_cfg=1.0), seed=0, factor=2)
+    assert out.device.type == "meta" and out.shape == (1, lat.shape[1], 2 * lat.shape[2] - 1, *lat.shape[3:])
+
+
 def awake_copy(unet):
     """A copy whose conditioning input and output (zero at init in the tiny model) are random, so the
     conditioning visibly changes the sample."""
