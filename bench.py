@@ -25,6 +25,7 @@ import torch
 SIZES = {  # latent side, frames, batch, model width
     "small": dict(latent=16, frames=8, batch=1, width=32),
     "medium": dict(latent=32, frames=8, batch=1, width=64),
+    "large": dict(latent=64, frames=16, batch=2, width=128),   # a GPU's size: 512 px frames under an 8x VAE
 }
 
 
