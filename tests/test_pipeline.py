@@ -158,7 +158,6 @@ def test_interpolate_with_denoise_refines_the_key_frames_blend(models, texts, fi
     assert gap[0.04] < 0.5 * gap[1.0], gap
 
 
-
 @pytest.mark.parametrize("fill", ["zero", "residual"])
 def test_interpolate_returns_on_the_models_device(models, texts, monkeypatch, fill):
     """The sample comes back on the model's device (a GPU) while the conditioning is built on the CPU:
