@@ -403,11 +403,14 @@ def _add_sampling_args(p):
     p.add_argument("--model", default=None, help="model set folder (default: the shipped demo model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--frames", type=int, default=0, help="video frames before interpolation (0 = model's)")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model set's, else 50)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"DDIM steps (default: the model set's, else {SAMPLING_FALLBACK['steps']})")
     p.add_argument("--width", type=int, default=0)
     p.add_argument("--height", type=int, default=0)
-    p.add_argument("--image-cfg", type=float, default=None, help="image guidance (default: the model set's, else 1.5)")
-    p.add_argument("--text-cfg", type=float, default=None, help="text guidance (default: the model set's, else 7.5)")
+    p.add_argument("--image-cfg", type=float, default=None,
+                   help=f"image guidance (default: the model set's, else {SAMPLING_FALLBACK['image_cfg']})")
+    p.add_argument("--text-cfg", type=float, default=None,
+                   help=f"text guidance (default: the model set's, else {SAMPLING_FALLBACK['text_cfg']})")
     p.add_argument("--first-frame-cfg", type=float, default=None,
                    help="text guidance of the first frame (text→image; default: the model set's, else --text-cfg)")
     p.add_argument("--late-text-cfg", type=float, default=None,
@@ -415,7 +418,8 @@ def _add_sampling_args(p):
     p.add_argument("--late-below", type=float, default=None,
                    help="the late steps: t < this fraction of the training timesteps (default: the model set's, "
                         f"else {SAMPLING_FALLBACK['late_below']})")
-    p.add_argument("--rescale", type=float, default=None, help="CFG rescale φ, 0 = off (default: the model set's, else 0.7)")
+    p.add_argument("--rescale", type=float, default=None,
+                   help=f"CFG rescale φ, 0 = off (default: the model set's, else {SAMPLING_FALLBACK['rescale']})")
     p.add_argument("--guidance", choices=GUIDANCE_FORMS, default=None,
                    help="the video's guidance form; cfg++ renoises each step with the unguided branch and takes "
                         "scales near 1, e.g. --guidance cfg++ --image-cfg 1 --text-cfg 1 (default: the model "

@@ -16,10 +16,10 @@ from . import host
 CATEGORY = "Emu Video"
 SEED = ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                 "tooltip": "Noise seed. Noise is drawn on the CPU, so a seed gives the same video on any device."})
-IMAGE_CFG = ("FLOAT", {"default": 1.5, "min": 0.0, "max": 20.0, "step": 0.05,
+IMAGE_CFG = ("FLOAT", {"default": SAMPLING_FALLBACK["image_cfg"], "min": 0.0, "max": 20.0, "step": 0.05,
                        "tooltip": "s_I, image guidance: how strongly the known frames are followed "
                                   "(applied first, then text; 1 = no extra image guidance)."})
-TEXT_CFG = ("FLOAT", {"default": 7.5, "min": 0.0, "max": 30.0, "step": 0.1,
+TEXT_CFG = ("FLOAT", {"default": SAMPLING_FALLBACK["text_cfg"], "min": 0.0, "max": 30.0, "step": 0.1,
                       "tooltip": "s_T, text guidance: how strongly the prompt is followed (1 = none)."})
 FIRST_FRAME_TEXT_CFG = ("FLOAT", {**TEXT_CFG[1], "tooltip": (
     "s_T for the picture alone (1 = none). A scale tuned for the video can overshoot a single frame: the demo "
@@ -97,10 +97,10 @@ def pixel_size(value: int, config) -> int:
 @dataclass
 class EmuScheduler:
     """What an EMU_SCHEDULER wire carries: the noise schedule choice and DDIM settings."""
-    steps: int = 50
+    steps: int = SAMPLING_FALLBACK["steps"]
     spacing: str = "trailing"
     eta: float = 0.0
-    rescale: float = 0.7
+    rescale: float = SAMPLING_FALLBACK["rescale"]
     schedule: str = "from model"
     keep_known: bool = True
 
@@ -122,7 +122,8 @@ class EmuScheduler:
             return NoiseSchedule.from_config(base)
         return NoiseSchedule.from_config(dataclasses.replace(base, **change))
 
-    def settings(self, image_cfg: float = 1.0, text_cfg: float = 7.5, steps: int | None = None,
+    def settings(self, image_cfg: float = 1.0, text_cfg: float = SAMPLING_FALLBACK["text_cfg"],
+                 steps: int | None = None,
                  late_text_cfg: float = LATE_OFF, late_below: float = SAMPLING_FALLBACK["late_below"],
                  guidance: str = SAMPLING_FALLBACK["guidance"], denoise: float = 1.0):
         """late_text_cfg < 0 (the node's -1) = text_cfg on every step; guidance: "cfg" or "cfg++";
@@ -209,13 +210,14 @@ class EmuVideoScheduler:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "DDIM steps (paper: 250)."}),
+            "steps": ("INT", {"default": SAMPLING_FALLBACK["steps"], "min": 1, "max": 1000,
+                              "tooltip": "DDIM steps (paper: 250)."}),
             "spacing": (SPACINGS, {"default": "trailing",
                                    "tooltip": "trailing starts at t = T−1 (needed for zero-SNR models)."}),
             "eta": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
                               "tooltip": "0 = deterministic DDIM; 1 = DDPM-like noise."}),
-            "rescale": ("FLOAT", {"default": 0.7, "min": 0.0, "max": 1.0, "step": 0.01,
-                                  "tooltip": "Guidance rescale φ (0 = off, 0.7 recommended for zero-SNR)."}),
+            "rescale": ("FLOAT", {"default": SAMPLING_FALLBACK["rescale"], "min": 0.0, "max": 1.0, "step": 0.01,
+                                  "tooltip": "Guidance rescale φ (0 = off; Lin et al. recommend 0.7 for zero-SNR)."}),
             "schedule": (SCHEDULES, {"default": "from model",
                                      "tooltip": "Noise schedule; 'from model' uses what the model was trained with."}),
         }, "optional": {
@@ -224,7 +226,8 @@ class EmuVideoScheduler:
                                                   "as given (replacement method); off = the model redraws them."}),
         }}
 
-    def build(self, steps, spacing="trailing", eta=0.0, rescale=0.7, schedule="from model", keep_known=True):
+    def build(self, steps, spacing="trailing", eta=0.0, rescale=SAMPLING_FALLBACK["rescale"], schedule="from model",
+              keep_known=True):
         from ..model.schedule import NoiseSchedule
 
         from ..model.config import InputError

@@ -119,6 +119,26 @@ def test_video_sampler_late_text_guidance_is_optional_and_reaches_the_settings(m
     assert S.EmuVideoSampler.INPUT_TYPES()["optional"]["guidance"][0] == ["cfg", "cfg++"]
 
 
+def test_widget_defaults_sample_as_the_cli_does_without_a_manifest(m, monkeypatch, tmp_path):
+    """A graph left at its widget defaults samples the video with the settings `emu-video generate` uses
+    on a model set whose manifest recommends nothing: both read cli.SAMPLING_FALLBACK."""
+    from emu_video.model import pipeline
+    from emu_video.model.sampling import SamplerSettings
+
+    def defaults(node):
+        return {name: spec[1]["default"] for part in node.INPUT_TYPES().values() for name, spec in part.items()
+                if len(spec) > 1 and "default" in spec[1]}
+    used = []
+    monkeypatch.setattr(pipeline, "generate_video", lambda unet, schedule, config, text, null, settings, *a, **k:
+                        used.append(settings) or torch.zeros(1, 4, 2, 4, 4))
+    scheduler = S.EmuVideoScheduler().build(**defaults(S.EmuVideoScheduler))[0]
+    cond = S.EmuVideoImageConditioning().encode(first_frame(m), m["vae"], m["model"])[0]
+    S.EmuVideoSampler().sample(m["model"], m["text"], cond, scheduler, **defaults(S.EmuVideoSampler))
+    args = cli.build_parser().parse_args(["generate", "--prompt", PROMPT, "--model", str(tmp_path)])
+    assert used == [SamplerSettings(**cli.sampling_settings(args))]
+    assert used[0].rescale == cli.SAMPLING_FALLBACK["rescale"] > 0        # Lin et al. §3.4's φ, on by default
+
+
 def test_interpolate_denoise_is_optional_and_reaches_the_settings(m, monkeypatch):
     from emu_video.model import pipeline
 

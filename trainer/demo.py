@@ -242,7 +242,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs", default="runs/demo", help="out_dir root of the demo_*.toml chain")
     p.add_argument("--out", default=None, help="demo folder (default: the package's demo/)")
     p.add_argument("--steps", type=int, default=25, help="default DDIM steps stored for the CLI")
-    p.add_argument("--text-cfg", type=float, default=7.5)
+    p.add_argument("--text-cfg", type=float, default=SAMPLING_FALLBACK["text_cfg"])
     p.add_argument("--first-frame-cfg", type=float, default=None,
                    help="text guidance of the first frame stored for the CLI (default: none, i.e. --text-cfg)")
     p.add_argument("--late-text-cfg", type=float, default=None,
@@ -251,8 +251,8 @@ def main(argv=None) -> int:
                    help="where the late steps start (fraction of T)")
     p.add_argument("--guidance", choices=GUIDANCE_FORMS, default=None,
                    help="the video's guidance form stored for the CLI (default: none, i.e. cfg)")
-    p.add_argument("--image-cfg", type=float, default=1.5)
-    p.add_argument("--rescale", type=float, default=0.7)
+    p.add_argument("--image-cfg", type=float, default=SAMPLING_FALLBACK["image_cfg"])
+    p.add_argument("--rescale", type=float, default=SAMPLING_FALLBACK["rescale"])
     p.add_argument("--interp-image-cfg", type=float, default=INTERP_FALLBACK["interp_image_cfg"])
     p.add_argument("--interp-text-cfg", type=float, default=INTERP_FALLBACK["interp_text_cfg"])
     p.add_argument("--interp-denoise", type=float, default=INTERP_FALLBACK["interp_denoise"],

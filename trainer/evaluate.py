@@ -68,16 +68,16 @@ GROUPS = {"held_out": "held-out (generalisation)", "seen": "seen combinations",
 @dataclass
 class EvalSettings:
     seed: int = 0
-    steps: int = 50
+    steps: int = SAMPLING_FALLBACK["steps"]
     frames: int = 0            # video frames before interpolation; 0 = the model's
     size: int = 0              # square pixel size; 0 = the model's resolution
-    image_cfg: float = 1.5
-    text_cfg: float = 7.5
+    image_cfg: float = SAMPLING_FALLBACK["image_cfg"]
+    text_cfg: float = SAMPLING_FALLBACK["text_cfg"]
     first_frame_cfg: float | None = None   # the text→image step's own text guidance; None = text_cfg
     late_text_cfg: float | None = None     # the video's text guidance on its late steps; None = text_cfg
     late_below: float = SAMPLING_FALLBACK["late_below"]   # ... t < late_below·T (SamplerSettings.late_below)
     guidance: str = SAMPLING_FALLBACK["guidance"]         # the video's guidance form: "cfg" or "cfg++"
-    rescale: float = 0.7
+    rescale: float = SAMPLING_FALLBACK["rescale"]
     keep_known: bool = True    # known frames pinned while sampling (SamplerSettings.keep_known)
     interp_image_cfg: float = INTERP_FALLBACK["interp_image_cfg"]   # the interpolation model's own guidance
     interp_text_cfg: float = INTERP_FALLBACK["interp_text_cfg"]
