@@ -102,7 +102,7 @@ class EmuScheduler:
     eta: float = 0.0
     rescale: float = SAMPLING_FALLBACK["rescale"]
     schedule: str = "from model"
-    keep_known: bool = True
+    keep_known: bool = SAMPLING_FALLBACK["keep_known"]
 
     def noise_schedule(self, config):
         import dataclasses
@@ -221,13 +221,13 @@ class EmuVideoScheduler:
             "schedule": (SCHEDULES, {"default": "from model",
                                      "tooltip": "Noise schedule; 'from model' uses what the model was trained with."}),
         }, "optional": {
-            "keep_known": ("BOOLEAN", {"default": True,
+            "keep_known": ("BOOLEAN", {"default": SAMPLING_FALLBACK["keep_known"],
                                        "tooltip": "Known frames (your picture, key frames, context) come out exactly "
                                                   "as given (replacement method); off = the model redraws them."}),
         }}
 
     def build(self, steps, spacing="trailing", eta=0.0, rescale=SAMPLING_FALLBACK["rescale"], schedule="from model",
-              keep_known=True):
+              keep_known=SAMPLING_FALLBACK["keep_known"]):
         from ..model.schedule import NoiseSchedule
 
         from ..model.config import InputError

@@ -78,7 +78,7 @@ class EvalSettings:
     late_below: float = SAMPLING_FALLBACK["late_below"]   # ... t < late_below·T (SamplerSettings.late_below)
     guidance: str = SAMPLING_FALLBACK["guidance"]         # the video's guidance form: "cfg" or "cfg++"
     rescale: float = SAMPLING_FALLBACK["rescale"]
-    keep_known: bool = True    # known frames pinned while sampling (SamplerSettings.keep_known)
+    keep_known: bool = SAMPLING_FALLBACK["keep_known"]   # known frames pinned (SamplerSettings.keep_known)
     interp_image_cfg: float = INTERP_FALLBACK["interp_image_cfg"]   # the interpolation model's own guidance
     interp_text_cfg: float = INTERP_FALLBACK["interp_text_cfg"]
     interp_denoise: float = INTERP_FALLBACK["interp_denoise"]     # < 1: in-betweens start from the keys' blend
